@@ -1,0 +1,162 @@
+"""Block adapters: which submodules of a denoiser are gated, how they are cached, what feeds what.
+
+One small function per model family, kept in a registry keyed by class name (timm-style), so a new
+family is one ``@register_adapter`` away. A custom ``torch.nn.Module`` works too: pass the list of
+submodule names (each block's output must keep its shape from step to step).
+
+An adapter returns a :class:`BlockGraph`:
+
+* ``names``: the gated blocks, in execution order;
+* ``modes``: ``"output"`` (a reused block returns its cached output) or ``"residual"`` (it returns
+  its fresh input plus its cached residual; used for transformer blocks, whose output is
+  input + residual, so a reused block still passes the fresh hidden state through);
+* ``consumers``: for the dependency cascade, the blocks that read a block's output. A block whose
+  output is read by the ungated rest of the model is listed in ``always_needed``. A block is
+  computed only if it is kept *and* some consumer of it is computed (or it is always needed).
+* ``output_block``: optional, see :class:`BlockGraph`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import DipgoError
+
+GRANULARITIES = ("coarse",)
+
+
+@dataclass
+class BlockGraph:
+    names: list[str]
+    modes: dict[str, str] = field(default_factory=dict)
+    consumers: dict[str, list[str]] = field(default_factory=dict)
+    always_needed: set[str] = field(default_factory=set)
+    # A block whose output alone determines the denoiser's output (UNet: the last up block, followed
+    # only by norm + conv_out). When a call reuses every block, the runtime then returns the previous
+    # call's output without running anything.
+    output_block: str | None = None
+
+    def __post_init__(self):
+        for n in self.names:
+            self.modes.setdefault(n, "output")
+            self.consumers.setdefault(n, [])
+        unknown = {c for cs in self.consumers.values() for c in cs} - set(self.names)
+        if unknown:
+            raise DipgoError(f"block graph names unknown consumers {sorted(unknown)}")
+        orphans = [n for n in self.names if not self.consumers[n] and n not in self.always_needed]
+        if orphans:  # an unread block would always be cascaded away; treat it as read by the model
+            self.always_needed |= set(orphans)
+
+    def reverse_topological(self) -> list[str]:
+        """Consumers before producers (the order in which the cascade is resolved)."""
+        order, seen = [], set()
+
+        def visit(n: str):
+            if n in seen:
+                return
+            seen.add(n)
+            for c in self.consumers[n]:
+                visit(c)
+            order.append(n)
+
+        for n in self.names:
+            visit(n)
+        return order
+
+
+AdapterFn = Callable[[torch.nn.Module, str], BlockGraph]
+_ADAPTERS: dict[str, AdapterFn] = {}
+
+
+def register_adapter(*class_names: str) -> Callable[[AdapterFn], AdapterFn]:
+    def deco(fn: AdapterFn) -> AdapterFn:
+        for name in class_names:
+            _ADAPTERS[name] = fn
+        return fn
+    return deco
+
+
+@register_adapter("UNet2DConditionModel", "UNet2DModel")
+def unet_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
+    """Coarse UNet blocks, as DiP-GO's SD-1.5 setting: down_blocks.*, mid_block, up_blocks.*.
+
+    down_blocks.i feeds down_blocks.i+1 (or the mid block) and, through its skip connections,
+    up_blocks.(n-1-i); up_blocks.j feeds up_blocks.j+1; the last up block feeds conv_out.
+    """
+    n_down, n_up = len(model.down_blocks), len(model.up_blocks)
+    has_mid = getattr(model, "mid_block", None) is not None
+    down = [f"down_blocks.{i}" for i in range(n_down)]
+    up = [f"up_blocks.{j}" for j in range(n_up)]
+    names = down + (["mid_block"] if has_mid else []) + up
+    consumers: dict[str, list[str]] = {}
+    for i, d in enumerate(down):
+        nxt = down[i + 1] if i + 1 < n_down else ("mid_block" if has_mid else up[0])
+        consumers[d] = sorted({nxt, up[n_up - 1 - i]})
+    if has_mid:
+        consumers["mid_block"] = [up[0]]
+    for j in range(n_up - 1):
+        consumers[up[j]] = [up[j + 1]]
+    return BlockGraph(names, consumers=consumers, always_needed={up[-1]}, output_block=up[-1])
+
+
+def transformer_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
+    """One gate per transformer block (DiT, PixArt, SD3...), residual caching, no cascade."""
+    names = [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
+    return BlockGraph(names, modes={n: "residual" for n in names}, always_needed=set(names))
+
+
+def block_graph(model: torch.nn.Module, granularity: str = "coarse", names: list[str] | None = None,
+                mode: str = "output") -> BlockGraph:
+    """The gated blocks of ``model``. ``names`` overrides the adapter: a custom model's blocks."""
+    if granularity not in GRANULARITIES:
+        raise DipgoError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    if names is not None:
+        resolve_blocks(model, names)
+        return BlockGraph(list(names), modes={n: mode for n in names}, always_needed=set(names))
+    fn = _ADAPTERS.get(type(model).__name__)
+    if fn is None and isinstance(getattr(model, "transformer_blocks", None), torch.nn.ModuleList):
+        fn = transformer_graph
+    if fn is None:
+        raise DipgoError(
+            f"no block adapter for {type(model).__name__}; pass the submodule names to gate "
+            f"explicitly (e.g. blocks=['layers.0', 'layers.1'])"
+        )
+    return fn(model, granularity)
+
+
+def block_names(model: torch.nn.Module, granularity: str = "coarse", names: list[str] | None = None) -> list[str]:
+    return block_graph(model, granularity, names).names
+
+
+def resolve_blocks(model: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
+    """Map names to submodules, with an error that lists what exists when a name is wrong."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules or n == ""]
+    if missing:
+        top = [n for n in modules if n and "." not in n]
+        raise DipgoError(
+            f"unknown block name(s) {missing} in {type(model).__name__}; its top-level submodules are {top}"
+        )
+    if len(set(names)) != len(names):
+        raise DipgoError(f"block names repeat: {names}")
+    return {n: modules[n] for n in names}
+
+
+def effective_keep(gates: torch.Tensor, graph: BlockGraph) -> torch.Tensor:
+    """Apply the dependency cascade to keep gates (calls, blocks) -> gates of blocks actually computed.
+
+    Differentiable: computed = kept * max(computed of consumers), with always-needed blocks read by
+    the rest of the model. For 0/1 gates this is exactly the runtime's rule.
+    """
+    index = {n: j for j, n in enumerate(graph.names)}
+    eff: dict[str, torch.Tensor] = {}
+    for n in graph.reverse_topological():
+        g = gates[..., index[n]]
+        if n not in graph.always_needed:
+            needed = torch.stack([eff[c] for c in graph.consumers[n]], 0).amax(0)
+            g = g * needed
+        eff[n] = g
+    return torch.stack([eff[n] for n in graph.names], -1)

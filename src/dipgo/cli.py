@@ -1,0 +1,192 @@
+"""The ``dipgo`` command line.
+
+    dipgo info MODEL [--json]                       blocks, parameters, MACs and latency per denoiser call
+    dipgo prune MODEL --ratio R --steps N --scheduler NAME --out FILE
+    dipgo sample MODEL [--schedule FILE [--compare]] --n K --seed S --out grid.png
+    dipgo show FILE                                 what a schedule computes and skips
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import __version__
+from .errors import DipgoError
+from .zoo import zoo_entry
+
+
+def _fmt(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def cmd_info(args) -> int:
+    from .report import model_info
+
+    info = model_info(args.model, runs=args.runs)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['model']}: {info['pipeline']} / {info['denoiser']}, input {info['input_shape']} "
+          f"(batch 1, no CFG; CFG doubles the work per image)")
+    print(f"{'block':<24}{'params':>12}{'MACs/call':>14}{'share':>8}")
+    for b in info["blocks"]:
+        print(f"{b['name']:<24}{_fmt(b['params']):>12}{_fmt(b['macs']):>14}{b['macs'] / info['macs_per_call']:>8.1%}")
+    rest = info["macs_per_call"] - sum(b["macs"] for b in info["blocks"])
+    print(f"{'(outside blocks)':<24}{'':>12}{_fmt(rest):>14}{rest / info['macs_per_call']:>8.1%}")
+    lat = info["latency"]
+    print(f"{'total':<24}{_fmt(info['params']):>12}{_fmt(info['macs_per_call']):>14}")
+    print(f"latency per call: {lat['median_ms']:.2f} ms median (IQR {lat['p25_ms']:.2f}-{lat['p75_ms']:.2f} ms, "
+          f"{lat['runs']} runs after warm-up, {info['threads']} CPU threads)")
+    return 0
+
+
+def _guidance(args) -> float:
+    entry = zoo_entry(args.model)
+    return args.guidance if args.guidance is not None else (entry.guidance_scale if entry else 4.0)
+
+
+def cmd_prune(args) -> int:
+    from pathlib import Path
+
+    from .api import schedule_at_ratio
+    from .rollout import set_scheduler
+    from .search import Search, SearchConfig
+    from .zoo import load_pipeline
+
+    ratios = [float(r) for r in str(args.ratio).split(",")]
+    config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args),
+                          iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
+                          init=args.init, seed=args.seed)  # validates ratio, loss, ... before loading anything
+    for r in ratios:
+        SearchConfig(ratio=r)
+    pipe = load_pipeline(args.model)
+    set_scheduler(pipe, args.scheduler)
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".search.pt")
+    search = Search(pipe, config, checkpoint_path=ckpt, blocks=args.blocks.split(",") if args.blocks else None)
+    if search.iteration:
+        print(f"resuming the search from {ckpt} at iteration {search.iteration}/{config.iterations}")
+    result = search.run(progress=True)
+    for r in ratios:
+        schedule = schedule_at_ratio(result, pipe, r)
+        path = out if len(ratios) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
+        schedule.save(path)
+        print(schedule.summary())
+        print(f"wrote {path} (search {result.seconds:.0f} s, {config.iterations} iterations)")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .schedule import Schedule
+
+    print(Schedule.load(args.schedule).summary())
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import api
+    from .rollout import set_scheduler
+    from .sampling import balanced_labels, generate, labelled_rows, make_grid, save_image
+    from .schedule import Schedule
+    from .zoo import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    guidance = _guidance(args)
+    labels = balanced_labels(args.n) if args.label is None else [args.label] * args.n
+    schedule = Schedule.load(args.schedule) if args.schedule else None
+    steps = args.steps if args.steps is not None else (schedule.num_inference_steps if schedule else 50)
+    if schedule is not None and type(pipe.scheduler).__name__ != schedule.scheduler:
+        set_scheduler(pipe, schedule.scheduler)
+
+    def run(desc):
+        return generate(pipe, labels, seed=args.seed, num_inference_steps=steps, guidance_scale=guidance,
+                        batch_size=args.batch, progress=True, desc=desc)
+
+    nrow = min(10, args.n)
+    if schedule is None:
+        grid = make_grid(run("sampling"), nrow=nrow)
+    else:
+        full = run("full model") if args.compare else None
+        api.apply(pipe, schedule)
+        try:
+            pruned = run("dipgo schedule")
+        finally:
+            api.remove(pipe)
+        speed = f"dipgo, {schedule.macs_full / schedule.macs:.2f}x fewer MACs" if schedule.macs else "dipgo"
+        grid = labelled_rows([("full model", full), (speed, pruned)] if full is not None else [(speed, pruned)],
+                             nrow=nrow)
+    save_image(grid, args.out)
+    print(f"wrote {args.out}: {args.n} images, {steps} steps, guidance {guidance}, seed {args.seed}"
+          + (f", schedule {args.schedule}" if schedule else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
+    p.add_argument("--version", action="version", version=f"dipgo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="blocks, parameters, MACs and measured latency per denoiser call")
+    info.add_argument("model", nargs="?", default="mnist-sd", help="zoo name, diffusers folder or hub id")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--runs", type=int, default=20, help="timed calls after warm-up (default 20)")
+    info.set_defaults(fn=cmd_info)
+
+    prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
+    prune.add_argument("model", nargs="?", default="mnist-sd", help="zoo name, diffusers folder or hub id")
+    prune.add_argument("--ratio", default="0.8",
+                       help="pruned share of MACs in (0, 1); several, comma-separated, share one search")
+    prune.add_argument("--steps", type=int, default=50, help="num_inference_steps the schedule is for")
+    prune.add_argument("--scheduler", default="ddim", help="ddim, pndm (PLMS), dpm++, euler")
+    prune.add_argument("--out", default="schedule.json")
+    prune.add_argument("--iterations", type=int, default=150)
+    prune.add_argument("--batch", type=int, default=4, help="images per search iteration")
+    prune.add_argument("--lr", type=float, default=0.1)
+    prune.add_argument("--loss", default="ssim", help="consistency loss: ssim (1 - SSIM), l1, l2")
+    prune.add_argument("--init", default="keep", help="keep (start from the full model) or uniform")
+    prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
+    prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
+    prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
+                       "an interrupted search resumes from it")
+    prune.add_argument("--seed", type=int, default=0)
+    prune.set_defaults(fn=cmd_prune)
+
+    show = sub.add_parser("show", help="print what a schedule computes and reuses")
+    show.add_argument("schedule")
+    show.set_defaults(fn=cmd_show)
+
+    sample = sub.add_parser("sample", help="sample a grid of images (balanced over digits)")
+    sample.add_argument("model", nargs="?", default="mnist-sd")
+    sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
+    sample.add_argument("--compare", action="store_true", help="with --schedule: full model above, dipgo below")
+    sample.add_argument("--n", type=int, default=20, help="number of images")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50)")
+    sample.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
+    sample.add_argument("--label", type=int, default=None, help="only this digit (default: all, in turn)")
+    sample.add_argument("--batch", type=int, default=16)
+    sample.add_argument("--out", default="grid.png")
+    sample.set_defaults(fn=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        return args.fn(args)
+    except (DipgoError, KeyError, FileNotFoundError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dipgo {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Cost accounting: MACs per block, parameters and measured latency, reported the NTIRE way.
+
+MACs are counted at the ATen level by a ``TorchDispatchMode`` rather than by per-layer formulas,
+so whatever a model does inside its forward (convolutions, linear layers, batched matmuls, fused
+scaled-dot-product attention) is seen exactly as it runs. Like thop/ptflops and the NTIRE challenge,
+only multiply-accumulates of matrix products and convolutions are counted; norms and element-wise ops
+are not. ``torch.utils.flop_counter`` is not used because it counts no attention on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+
+def _prod(xs: Iterable[int]) -> int:
+    return math.prod(int(x) for x in xs)
+
+
+def _conv_macs(args, out) -> int:
+    x, w = args[0], args[1]
+    transposed = bool(args[6]) if len(args) > 6 else False
+    if transposed:  # weight: (C_in, C_out / groups, *k); every input pixel feeds C_out/groups * k outputs
+        return x.numel() * _prod(w.shape[1:])
+    return out.numel() * _prod(w.shape[1:])  # weight: (C_out, C_in / groups, *k)
+
+
+def _attention_macs(args, out) -> int:
+    q, k, v = args[0], args[1], args[2]
+    *batch, length, e = q.shape
+    source = k.shape[-2]
+    return _prod(batch) * length * source * (e + v.shape[-1])  # QK^T plus attention @ V
+
+
+_MAC_RULES: dict = {
+    aten.mm.default: lambda a, o: a[0].shape[0] * a[0].shape[1] * a[1].shape[1],
+    aten.addmm.default: lambda a, o: a[1].shape[0] * a[1].shape[1] * a[2].shape[1],
+    aten.bmm.default: lambda a, o: a[0].shape[0] * a[0].shape[1] * a[0].shape[2] * a[1].shape[2],
+    aten.baddbmm.default: lambda a, o: a[1].shape[0] * a[1].shape[1] * a[1].shape[2] * a[2].shape[2],
+    aten.convolution.default: _conv_macs,
+}
+for _name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+              "_scaled_dot_product_attention_math"):
+    if hasattr(aten, _name):
+        _MAC_RULES[getattr(aten, _name).default] = _attention_macs
+
+
+class MacCounter(TorchDispatchMode):
+    """Counts MACs of every op run inside it, attributed to the named submodules being executed.
+
+    Give it ``scopes``: a mapping name -> module. While a scope's forward runs, its MACs are added
+    to that name (nested scopes each get them). ``total`` counts everything.
+    """
+
+    def __init__(self, scopes: dict[str, torch.nn.Module] | None = None):
+        super().__init__()
+        self.total = 0
+        self.by_scope: dict[str, int] = defaultdict(int)
+        self._active: list[str] = []
+        self._handles = []
+        for name, module in (scopes or {}).items():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(module.register_forward_hook(self._leave(name), always_call=True))
+
+    def _enter(self, name: str):
+        def hook(module, args):
+            self._active.append(name)
+        return hook
+
+    def _leave(self, name: str):
+        def hook(module, args, output):
+            if self._active and self._active[-1] == name:
+                self._active.pop()
+        return hook
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        rule = _MAC_RULES.get(func)
+        if rule is not None:
+            macs = int(rule(args, out))
+            self.total += macs
+            for name in self._active:
+                self.by_scope[name] += macs
+        return out
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return super().__exit__(*exc)
+
+
+def count_macs(module: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
+               scopes: dict[str, torch.nn.Module] | None = None) -> MacCounter:
+    """Run ``module(*args, **kwargs)`` once under a :class:`MacCounter` and return the counter."""
+    with torch.no_grad(), MacCounter(scopes) as counter:
+        module(*args, **(kwargs or {}))
+    return counter
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class Latency:
+    """Wall-clock per call in milliseconds: median with the spread, after warm-up (as NTIRE reports)."""
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
+
+
+def measure_latency(fn: Callable[[], object], runs: int = 10, warmup: int = 3) -> Latency:
+    """Time ``fn()``; warm-up calls are discarded so caches, allocators and thread pools are settled."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    qs = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return Latency(statistics.median(samples), qs[0], qs[2], min(samples), max(samples), runs, samples)
+
+
+@dataclass
+class CostProfile:
+    """MACs of one denoiser call (batch 1) split into gated blocks and the always-run rest.
+
+    A generation's MACs for a keep mask (calls, blocks) are ``cfg * sum_calls(outside + kept blocks)``;
+    ``cfg`` is 2 when classifier-free guidance doubles the batch.
+    """
+
+    blocks: list[str]
+    block_macs: list[int]
+    call_macs: int
+
+    @property
+    def outside_macs(self) -> int:
+        return self.call_macs - sum(self.block_macs)
+
+    def generation_macs(self, mask: torch.Tensor, cfg: int = 1, skip_empty_calls: bool = False) -> torch.Tensor:
+        """Differentiable in ``mask`` (so the search can use it as its sparsity term).
+
+        ``skip_empty_calls``: calls that compute no block cost nothing (the runtime reuses the whole
+        previous output when the model's output depends only on a cached block, as in a UNet).
+        """
+        macs = torch.tensor(self.block_macs, dtype=mask.dtype)
+        calls = int((mask.sum(1) > 0).sum()) if skip_empty_calls else mask.shape[0]
+        return cfg * (calls * self.outside_macs + (mask * macs).sum())
+
+    def kept_share(self, mask: torch.Tensor) -> torch.Tensor:
+        return self.generation_macs(mask) / (mask.shape[0] * self.call_macs)
+
+    def to_dict(self) -> dict:
+        return {"blocks": self.blocks, "block_macs": self.block_macs, "call_macs": self.call_macs}
+
+
+def profile_denoiser(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], args: tuple,
+                     kwargs: dict) -> CostProfile:
+    counter = count_macs(denoiser, args, kwargs, scopes=blocks)
+    return CostProfile(list(blocks), [counter.by_scope.get(n, 0) for n in blocks], counter.total)

@@ -1,0 +1,185 @@
+"""The skip schedule: which blocks each denoiser call computes, as a versioned, checked JSON file.
+
+A schedule is bound to one denoiser (its class and a hash of its config), one block list, one
+scheduler class and one number of inference steps. ``Schedule.check`` refuses any other pipeline
+with a message saying exactly what differs, because a schedule applied to the wrong model or step
+count silently produces garbage rather than an error.
+
+Steps are counted in denoiser *calls* per generation: one per scheduler step for DDIM, DPM-Solver
+and Euler; PNDM/PLMS calls the model twice at its second timestep, so a PLMS-50 schedule has 51
+entries. With classifier-free guidance batched into one call (as all diffusers SD/DiT pipelines do)
+cond and uncond share the call; pipelines that call cond and uncond separately use ``branches=2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import DipgoError
+
+SCHEMA_VERSION = 1
+
+
+class ScheduleError(DipgoError):
+    """A schedule file that is corrupt, or that does not fit the pipeline it is applied to."""
+
+
+def config_hash(model: torch.nn.Module) -> str:
+    """A short hash of a model's architecture config (weights excluded, file paths excluded)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        desc = {"class": type(model).__name__,
+                "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    else:
+        desc = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    blob = json.dumps(desc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class Schedule:
+    """Per-call lists of computed blocks, plus everything needed to check it fits a pipeline."""
+
+    model_class: str
+    config_hash: str
+    blocks: list[str]
+    num_inference_steps: int
+    scheduler: str
+    steps: list[list[str]]  # steps[i]: names of the blocks computed at denoiser call i
+    cache_modes: dict[str, str] = field(default_factory=dict)  # block -> "output" | "residual"
+    branches: int = 1
+    output_block: str | None = None  # see adapters.BlockGraph.output_block
+    requested_ratio: float | None = None
+    achieved_ratio: float | None = None
+    macs_full: int | None = None  # MACs of one generation, per image, CFG included
+    macs: int | None = None
+    meta: dict = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        if not self.blocks:
+            raise ScheduleError("schedule has no blocks")
+        if len(set(self.blocks)) != len(self.blocks):
+            raise ScheduleError(f"schedule lists a block twice: {self.blocks}")
+        if self.num_inference_steps < 1 or not self.steps:
+            raise ScheduleError("schedule has no steps")
+        known = set(self.blocks)
+        for i, kept in enumerate(self.steps):
+            unknown = set(kept) - known
+            if unknown:
+                raise ScheduleError(f"step {i} computes unknown block(s) {sorted(unknown)}; blocks are {self.blocks}")
+        for i in range(min(self.branches, len(self.steps))):
+            if set(self.steps[i]) != known:
+                raise ScheduleError(f"call {i} must compute every block (nothing is cached yet)")
+        bad_modes = {m for m in self.cache_modes.values() if m not in ("output", "residual")}
+        if bad_modes:
+            raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)}; use 'output' or 'residual'")
+
+    @property
+    def num_calls(self) -> int:
+        return len(self.steps)
+
+    def computes(self, call: int, block: str) -> bool:
+        return block in self._sets()[call]
+
+    def _sets(self) -> list[frozenset]:
+        if getattr(self, "_cached_sets", None) is None or len(self._cached_sets) != len(self.steps):
+            self._cached_sets = [frozenset(s) for s in self.steps]
+        return self._cached_sets
+
+    def mask(self) -> torch.Tensor:
+        """(calls, blocks) 0/1 tensor: 1 where the block is computed."""
+        index = {b: j for j, b in enumerate(self.blocks)}
+        m = torch.zeros(len(self.steps), len(self.blocks))
+        for i, kept in enumerate(self.steps):
+            for b in kept:
+                m[i, index[b]] = 1
+        return m
+
+    # ------------------------------------------------------------------ checks against a pipeline
+    def check(self, denoiser: torch.nn.Module, scheduler=None, num_inference_steps: int | None = None) -> None:
+        """Raise :class:`ScheduleError` naming every difference between this schedule and the target."""
+        problems = []
+        if type(denoiser).__name__ != self.model_class:
+            problems.append(f"model class: schedule is for {self.model_class}, pipeline has {type(denoiser).__name__}")
+        elif config_hash(denoiser) != self.config_hash:
+            problems.append(f"model config hash: schedule {self.config_hash}, pipeline {config_hash(denoiser)} "
+                            "(same class, different architecture)")
+        modules = dict(denoiser.named_modules())
+        missing = [b for b in self.blocks if b not in modules]
+        if missing:
+            problems.append(f"blocks missing from the model: {missing}")
+        if scheduler is not None and type(scheduler).__name__ != self.scheduler:
+            problems.append(f"scheduler: schedule is for {self.scheduler}, pipeline has {type(scheduler).__name__} "
+                            f"(set pipe.scheduler = {self.scheduler}.from_config(pipe.scheduler.config))")
+        if num_inference_steps is not None and num_inference_steps != self.num_inference_steps:
+            problems.append(f"num_inference_steps: schedule is for {self.num_inference_steps}, "
+                            f"pipeline called with {num_inference_steps}")
+        if problems:
+            raise ScheduleError("schedule does not fit this pipeline:\n  - " + "\n  - ".join(problems))
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> str:
+        """A human-readable table of what is computed (#) and reused (.) per call."""
+        width = max(len(b) for b in self.blocks)
+        lines = [f"{self.model_class}, {self.scheduler} {self.num_inference_steps} steps, "
+                 f"{self.num_calls} calls; # computed, . reused from cache"]
+        for b in self.blocks:
+            row = "".join("#" if self.computes(i, b) else "." for i in range(self.num_calls))
+            lines.append(f"{b:>{width}} {row}")
+        full_calls = sum(len(s) == len(self.blocks) for s in self.steps)
+        lines.append(f"{full_calls} full calls, {sum(len(s) == 0 for s in self.steps)} calls reuse every block")
+        if self.macs_full and self.macs:
+            lines.append(f"MACs per image: {self.macs / 1e9:.3f} G of {self.macs_full / 1e9:.3f} G "
+                         f"({self.macs_full / self.macs:.2f}x fewer, "
+                         f"pruned ratio {1 - self.macs / self.macs_full:.3f})")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("_cached_sets", None)
+        return {"format": "dipgo-schedule", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Schedule:
+        if not isinstance(d, dict) or d.get("format") != "dipgo-schedule":
+            raise ScheduleError("not a dipgo schedule (missing \"format\": \"dipgo-schedule\")")
+        if d.get("version") != SCHEMA_VERSION:
+            raise ScheduleError(f"schedule format version {d.get('version')} is not supported "
+                                f"(this dipgo reads version {SCHEMA_VERSION}); re-run 'dipgo prune'")
+        fields = {k: v for k, v in d.items() if k != "format"}
+        try:
+            return cls(**fields)
+        except TypeError as err:
+            raise ScheduleError(f"schedule file has missing or unexpected fields: {err}") from err
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a temp file in the same folder, then an atomic rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schedule:
+        path = Path(path)
+        if not path.is_file():
+            raise ScheduleError(f"schedule file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ScheduleError(f"schedule file {path} is corrupt or truncated ({err}); re-run 'dipgo prune'") from err
+        return cls.from_dict(data)

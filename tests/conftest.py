@@ -1,0 +1,20 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def sd_pipe():
+    from dipgo.zoo import load_pipeline
+
+    return load_pipeline("mnist-sd")
+
+
+@pytest.fixture(scope="session")
+def dit_pipe():
+    from dipgo.zoo import load_pipeline
+
+    return load_pipeline("mnist-dit")

@@ -1,0 +1,42 @@
+"""The dipgo command line: info (table and JSON), sample, and its error messages."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from dipgo.cli import main
+
+
+def test_info_json_keys(capsys):
+    assert main(["info", "mnist-sd", "--json", "--runs", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"blocks", "macs_per_call", "params", "latency_ms"} <= set(info)
+    names = [b["name"] for b in info["blocks"]]
+    assert names == [f"down_blocks.{i}" for i in range(4)] + ["mid_block"] + [f"up_blocks.{i}" for i in range(4)]
+    assert all(b["macs"] > 0 and b["params"] > 0 for b in info["blocks"])
+    assert sum(b["macs"] for b in info["blocks"]) < info["macs_per_call"]  # conv_in/out run outside blocks
+    assert info["latency_ms"] > 0
+    assert info["input_shape"] == [1, 4, 8, 8]
+
+
+def test_info_table_for_dit(capsys):
+    assert main(["info", "mnist-dit", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "transformer_blocks.7" in out and "latency per call" in out
+
+
+def test_sample_writes_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "mnist-dit", "--n", "4", "--steps", "3", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.size == (4 * 34 + 2, 34 + 2)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["info", "no-such-model"], "unknown model 'no-such-model'"),
+    (["sample", "./missing/folder"], "does not exist"),
+])
+def test_bad_model_exits_2_with_message(argv, needle, capsys):
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err

@@ -1,0 +1,60 @@
+"""Metrics on inputs with known answers."""
+
+import math
+
+import numpy as np
+import torch
+
+from dipgo.data import load_mnist
+from dipgo.metrics import (
+    classify_digits,
+    feature_stats,
+    frechet_distance,
+    inception_features,
+    psnr,
+    ssim,
+)
+
+
+def test_psnr_identical_is_capped_and_known_value():
+    x = torch.rand(2, 1, 8, 8)
+    assert psnr(x, x).tolist() == [100.0, 100.0]  # documented cap instead of infinity
+    y = torch.zeros(1, 1, 4, 4)
+    z = torch.full((1, 1, 4, 4), 0.1)
+    assert math.isclose(psnr(y, z).item(), 20.0, rel_tol=1e-5)  # 10 log10(1 / 0.01)
+
+
+def test_ssim_identical_is_one_and_drops_with_noise():
+    x = torch.rand(3, 1, 32, 32)
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+    noisy = (x + 0.3 * torch.randn_like(x)).clamp(0, 1)
+    assert (ssim(x, noisy) < 0.9).all()
+    x.requires_grad_(True)
+    (1 - ssim(x, noisy)).mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_classifier_reads_real_mnist():
+    images, labels = load_mnist()
+    pred = classify_digits((images[::10] + 1) / 2)
+    assert (pred == labels[::10]).float().mean() > 0.97
+
+
+def test_frechet_distance_known_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    mu, sigma = feature_stats(a)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+    # shifting the mean by d adds |d|^2
+    assert math.isclose(frechet_distance(mu, sigma, mu + 2.0, sigma), 8 * 4.0, rel_tol=1e-6)
+
+
+def test_fid_of_a_set_against_itself_is_about_zero():
+    images, _ = load_mnist()
+    x = (images[:24] + 1) / 2
+    feats = inception_features(x)
+    assert feats.shape == (24, 2048)
+    mu, sigma = feature_stats(feats)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-3
+    other = feature_stats(inception_features(x.flip(-1)))
+    assert frechet_distance(mu, sigma, *other) > 1.0
