@@ -16,7 +16,7 @@ from torch import nn
 
 class Pruner(nn.Module):
     def __init__(self, calls: int, blocks: int, dim: int = 64, layers: int = 2, heads: int = 4,
-                 keep_bias: float = 3.0):
+                 keep_bias: float = 2.0):
         super().__init__()
         self.calls, self.blocks = calls, blocks
         self.queries = nn.Parameter(torch.randn(calls, blocks, dim) * 0.5)
@@ -42,7 +42,12 @@ class Pruner(nn.Module):
         self.head_bias.copy_(torch.stack([margin * (2 * mask - 1), torch.zeros_like(mask)], -1))
 
 
-def straight_through(scores: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Hard 0/1 gates in the forward pass, the soft scores' gradient in the backward pass."""
+def straight_through(scores: torch.Tensor, hardness: float = 1.0, threshold: float = 0.5) -> torch.Tensor:
+    """Gates whose forward value is ``hardness * hard + (1 - hardness) * soft``, gradient of the soft score.
+
+    ``hardness=1`` is the straight-through estimator (hard 0/1 forward, softmax gradient backward);
+    the search anneals from soft to hard so the soft phase gives informative gradients and the hard
+    phase closes the gap to the binary SubNet the runtime executes.
+    """
     hard = (scores > threshold).to(scores.dtype)
-    return hard + scores - scores.detach()
+    return scores + hardness * (hard - scores).detach()

@@ -55,6 +55,9 @@ class SearchConfig:
     weight_decay: float = 1e-4
     alpha_s: float = 1.0
     ramp: float = 0.5                 # share of iterations over which the target ramps up from 0
+    anneal: float = 0.5               # share of iterations over which soft gates harden to 0/1
+    keep_bias: float = 2.0            # initial keep logit margin (p_keep = sigmoid(keep_bias))
+    clip: float = 5.0
     loss: str = "ssim"
     init: str = "keep"                # "keep": everything kept (paper); "uniform": a fewer-steps schedule
     grad_checkpointing: bool = True
@@ -75,8 +78,9 @@ class SearchConfig:
             raise DipgoError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         if self.init not in ("keep", "uniform"):
             raise DipgoError(f"unknown init {self.init!r}; choose 'keep' or 'uniform'")
-        if not 0.0 <= self.ramp <= 1.0:
-            raise DipgoError(f"ramp must be in [0, 1], got {self.ramp}")
+        for name in ("ramp", "anneal"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DipgoError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass
@@ -134,7 +138,7 @@ class Search:
         args, kwargs = capture_denoiser_call(pipe)
         self.profile = profile_denoiser(self.denoiser, self.modules, args, kwargs)
         self.calls = num_calls(pipe, config.num_inference_steps)
-        self.pruner = Pruner(self.calls, len(self.graph.names))
+        self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
         if config.init == "uniform":
             self.pruner.init_from_mask(uniform_mask(self.calls, len(self.graph.names), self.profile, config.ratio))
         self.opt = torch.optim.SGD(self.pruner.parameters(), lr=config.lr, momentum=config.momentum,
@@ -176,13 +180,16 @@ class Search:
             return self.cfg.lr * (it + 1) / warm
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, self.cfg.iterations - warm)))
 
+    def hardness_at(self, it: int) -> float:
+        its = self.cfg.anneal * self.cfg.iterations
+        return 1.0 if its < 1 else min(1.0, (it + 1) / its)
+
     def target_at(self, it: int) -> float:
         ramp_its = self.cfg.ramp * self.cfg.iterations
         return self.cfg.ratio if ramp_its < 1 else self.cfg.ratio * min(1.0, (it + 1) / ramp_its)
 
     def _gated_run(self, labels, gens, gates: torch.Tensor, state) -> torch.Tensor:
         state.gates, state.driven = gates, True
-        keys: list = []
 
         def before(i):
             state.call = i
@@ -190,7 +197,7 @@ class Search:
         def wrapper(i, fn, x):
             if not self.cfg.grad_checkpointing:
                 return fn(x)
-            keys[:] = sorted(state.caches)
+            keys = sorted(state.caches)  # per call: the closure below is re-run in backward
             flat, spec = tree_flatten([state.caches[k] for k in keys])
             out_spec: list = []
 
@@ -225,29 +232,36 @@ class Search:
             state.driven = False
             state.reset()
         scores = self.pruner()
-        gates = straight_through(scores)
+        gates = straight_through(scores, hardness=self.hardness_at(self.iteration))
         gates = torch.cat([torch.ones_like(gates[:1]), gates[1:]])  # call 0 always runs in full
         eff = effective_keep(gates, self.graph)
         kept = self.profile.kept_share(eff)
         target = self.target_at(self.iteration)
+        n_gates = scores.numel()
         try:
             img = self._gated_run(labels, [torch.Generator().manual_seed(s) for s in seeds], eff, state)
             cons = consistency(img, ref, cfg.loss)
             sparse_on = bool(kept.item() > 1 - target)
             loss = cons + (cfg.alpha_s * kept if sparse_on else 0.0)
+            # Summed, not averaged, over gates: with the mean each gate's gradient is O(1 / #gates) and
+            # a few hundred SGD steps cannot move any gate on its own.
             for g in self.opt.param_groups:
                 g["lr"] = self._lr(self.iteration)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # Summed, not averaged, over gates: with a mean, each gate's gradient is O(1 / #gates) and a few
+            # hundred SGD steps cannot move any single gate; only shared parameters move, all gates at once.
+            (loss * n_gates).backward()
         finally:
             state.gates, state.driven = None, False
             state.reset()
-        torch.nn.utils.clip_grad_norm_(self.pruner.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.pruner.parameters(), cfg.clip)
         self.opt.step()
         with torch.no_grad():
             psnr = float(10 * torch.log10(1 / (img - ref).pow(2).mean().clamp_min(1e-10)))
-        return {"iteration": self.iteration, "loss": float(loss), "consistency": float(cons),
-                "kept_share": float(kept), "target_ratio": target, "psnr": psnr, "sparsity_on": sparse_on}
+            hard_kept = float(self.profile.kept_share(effective_keep((scores > 0.5).float(), self.graph)))
+        return {"iteration": self.iteration, "loss": float(loss.detach()), "consistency": float(cons.detach()),
+                "kept_share": float(kept.detach()), "hard_kept_share": hard_kept, "target_ratio": target,
+                "psnr": psnr, "sparsity_on": sparse_on}
 
     # ------------------------------------------------------------------ the loop
     def run(self, progress: bool = True) -> SearchResult:

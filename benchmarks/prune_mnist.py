@@ -1,0 +1,128 @@
+"""Issue-3 benchmark: prune a zoo model, then measure MACs, wall-clock and quality against the full model.
+
+    python benchmarks/prune_mnist.py mnist-sd --ratio 0.8          # ~25 min on 2 cores
+    python benchmarks/prune_mnist.py mnist-dit --ratio 0.6
+
+Steps: (1) the DiP-GO search at DDIM-50 with the model card's guidance (timed); (2) wall-clock of
+sampling a batch of 16, full and pruned alternated, ``--repeats`` times each (medians); (3) ``--n``
+images (balanced digits, seeds 0..n-1) with both, FID against the 5,000 MNIST images, conditioning
+accuracy, PSNR/SSIM of each pruned image against the full image of the same seed. Writes
+``benchmarks/results/prune-<model>-r<ratio>.json`` and the schedule beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import dipgo  # noqa: E402
+from dipgo.api import schedule_at_ratio  # noqa: E402
+from dipgo.metrics import conditioning_accuracy, fid_against_mnist, psnr, ssim  # noqa: E402
+from dipgo.rollout import set_scheduler  # noqa: E402
+from dipgo.sampling import balanced_labels, generate, labelled_rows, save_image  # noqa: E402
+from dipgo.search import Search, SearchConfig  # noqa: E402
+from dipgo.zoo import ZOO, load_pipeline  # noqa: E402
+
+
+def wall_clock(pipe, schedule, guidance: float, steps: int, repeats: int, batch: int = 16) -> dict:
+    labels = balanced_labels(batch)
+
+    def once():
+        t0 = time.perf_counter()
+        generate(pipe, labels, seed=10_000, num_inference_steps=steps, guidance_scale=guidance, batch_size=batch)
+        return time.perf_counter() - t0
+
+    once()  # warm-up of both paths
+    dipgo.apply(pipe, schedule)
+    once()
+    dipgo.remove(pipe)
+    full, pruned = [], []
+    for _ in range(repeats):  # alternate so drifts in machine load hit both equally
+        full.append(once())
+        dipgo.apply(pipe, schedule)
+        pruned.append(once())
+        dipgo.remove(pipe)
+    f, p = statistics.median(full), statistics.median(pruned)
+    return {"batch": batch, "repeats": repeats, "full_s": full, "pruned_s": pruned,
+            "latency_full_ms_per_image": 1000 * f / batch, "latency_ms_per_image": 1000 * p / batch,
+            "wall_speedup": f / p}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=list(ZOO))
+    p.add_argument("--ratio", type=float, default=0.8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=150)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--init", default="keep")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--schedule", default=None, help="skip the search and use this schedule")
+    args = p.parse_args()
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"prune-{args.model}-r{args.ratio:g}"
+    pipe = load_pipeline(args.model)
+    set_scheduler(pipe, "ddim")
+    guidance = ZOO[args.model].guidance_scale
+    record: dict = {"model": args.model, "ratio": args.ratio, "steps": args.steps, "guidance_scale": guidance,
+                    "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if args.schedule:
+        schedule = dipgo.Schedule.load(args.schedule)
+    else:
+        cfg = SearchConfig(ratio=args.ratio, num_inference_steps=args.steps, guidance_scale=guidance,
+                           iterations=args.iterations, batch=args.batch, init=args.init)
+        search = Search(pipe, cfg, checkpoint_path=out / f"{tag}.search.pt")
+        result = search.run(progress=True)
+        record["search"] = {"seconds": result.seconds, "iterations": cfg.iterations, "batch": cfg.batch,
+                            "init": cfg.init, "final": result.history[-1]}
+        schedule = schedule_at_ratio(result, pipe, args.ratio)
+        schedule.save(out / f"{tag}.schedule.json")
+        (out / f"{tag}.search.pt").unlink(missing_ok=True)
+    record["macs_full"], record["macs"] = schedule.macs_full, schedule.macs
+    record["macs_speedup"] = schedule.macs_full / schedule.macs
+    record["achieved_ratio"] = schedule.achieved_ratio
+    print(schedule.summary(), flush=True)
+
+    record["wall"] = wall_clock(pipe, schedule, guidance, args.steps, args.repeats)
+    record["wall_over_macs_speedup"] = record["wall"]["wall_speedup"] / record["macs_speedup"]
+    print(json.dumps(record["wall"], indent=1), flush=True)
+
+    labels = balanced_labels(args.n)
+    full = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,
+                    progress=True, desc="full model")
+    dipgo.apply(pipe, schedule)
+    pruned = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,
+                      progress=True, desc="dipgo")
+    dipgo.remove(pipe)
+    q = (lambda x: (x * 255).round() / 255)  # compare 8-bit images, as saved
+    record.update({
+        "n": args.n, "seed": 0,
+        "fid_full": fid_against_mnist(full, progress=True), "fid": fid_against_mnist(pruned, progress=True),
+        "cond_acc_full": conditioning_accuracy(full, labels), "cond_acc": conditioning_accuracy(pruned, labels),
+        "psnr_vs_full": float(psnr(q(pruned), q(full)).mean()), "ssim_vs_full": float(ssim(q(pruned), q(full)).mean()),
+    })
+    record["fid_rel_change"] = record["fid"] / record["fid_full"] - 1
+    save_image(labelled_rows([("full model", full[:20]), (f"dipgo {record['macs_speedup']:.2f}x fewer MACs",
+                                                           pruned[:20])]), out / f"{tag}.png")
+    tmp = out / f".{tag}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, out / f"{tag}.json")
+    print(json.dumps({k: v for k, v in record.items() if k not in ("wall", "machine")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The pruner network and the search loop: mixing across gates, no collapse, checkpoint/resume."""
+
+import pytest
+import torch
+
+from dipgo.errors import DipgoError
+from dipgo.pruner import Pruner, straight_through
+from dipgo.search import Search, SearchConfig
+
+
+def test_pruner_starts_at_keep_everything():
+    p = Pruner(calls=6, blocks=4)
+    scores = p()
+    assert scores.shape == (6, 4) and (scores > 0.5).all()
+
+
+def test_encoder_mixes_information_across_gates():
+    torch.manual_seed(0)
+    p = Pruner(calls=5, blocks=3)
+    with torch.no_grad():
+        p.head_weight.normal_()          # trained heads are non-zero; at init they are exactly zero
+        before = p()
+        p.queries[2, 1] += torch.randn(p.queries.shape[-1])  # change one gate's query...
+        after = p()
+    changed = (after - before).abs() > 1e-6
+    changed[2, 1] = False
+    assert changed.sum() >= 10           # ...and the other gates' scores move too
+
+
+def test_straight_through_is_hard_forward_soft_backward():
+    s = torch.tensor([0.2, 0.7], requires_grad=True)
+    g = straight_through(s)
+    assert g.tolist() == [0.0, 1.0]
+    (g * torch.tensor([1.0, 2.0])).sum().backward()
+    assert s.grad.tolist() == [1.0, 2.0]
+    half = straight_through(torch.tensor([0.2, 0.7]), hardness=0.5)
+    assert torch.allclose(half, torch.tensor([0.1, 0.85]))
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(ratio=1.0), r"ratio must be in \(0, 1\)"),
+    (dict(ratio=0.0), r"ratio must be in \(0, 1\)"),
+    (dict(loss="lpips"), "unknown loss"),
+    (dict(init="random"), "unknown init"),
+    (dict(num_inference_steps=1), "num_inference_steps"),
+])
+def test_bad_search_settings(kw, needle):
+    with pytest.raises(DipgoError, match=needle):
+        SearchConfig(**kw)
+
+
+def test_search_moves_gradually_and_resumes(sd_pipe, tmp_path):
+    cfg = SearchConfig(ratio=0.6, num_inference_steps=6, iterations=14, batch=1, checkpoint_every=1, seed=3)
+    ckpt = tmp_path / "search.pt"
+    first = Search(sd_pipe, SearchConfig(**{**cfg.__dict__, "iterations": 14}), checkpoint_path=ckpt)
+    first.cfg.iterations = 7               # an interrupted run: only half the iterations happen
+    first.run(progress=False)
+    resumed = Search(sd_pipe, cfg, checkpoint_path=ckpt)
+    assert resumed.iteration == 7 and len(resumed.history) == 7
+    result = resumed.run(progress=False)
+    hist = result.history
+    assert [h["iteration"] for h in hist] == list(range(14))
+    kept = [h["hard_kept_share"] for h in hist]
+    # no collapse: the kept share falls, but never by more than half the model in one iteration,
+    # and the gated images stay close to the full model's
+    assert kept[-1] < 0.95
+    assert max(a - b for a, b in zip(kept, kept[1:])) < 0.5
+    assert min(h["psnr"] for h in hist) > 15
+    assert result.scores.shape == (6, 9)
+
+
+def test_resume_refuses_a_different_search(sd_pipe, tmp_path):
+    ckpt = tmp_path / "s.pt"
+    Search(sd_pipe, SearchConfig(ratio=0.5, num_inference_steps=4, iterations=1, batch=1),
+           checkpoint_path=ckpt).run(progress=False)
+    with pytest.raises(DipgoError, match="different search"):
+        Search(sd_pipe, SearchConfig(ratio=0.7, num_inference_steps=4, iterations=1, batch=1), checkpoint_path=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])          # truncated by a crash
+    with pytest.raises(DipgoError, match="corrupt or truncated"):
+        Search(sd_pipe, SearchConfig(ratio=0.5, num_inference_steps=4, iterations=1, batch=1), checkpoint_path=ckpt)

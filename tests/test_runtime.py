@@ -1,0 +1,160 @@
+"""The runtime: schedules applied to real pipelines, exactness, state reset, errors."""
+
+import pytest
+import torch
+
+import dipgo
+from dipgo.adapters import block_graph, resolve_blocks
+from dipgo.api import schedule_from_mask
+from dipgo.costs import profile_denoiser
+from dipgo.errors import DipgoError
+from dipgo.rollout import num_calls, rollout, set_scheduler
+from dipgo.sampling import capture_denoiser_call, generate
+from dipgo.schedule import ScheduleError
+from dipgo.search import uniform_mask
+
+STEPS = 8
+
+
+def schedule_for(pipe, mask):
+    den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    g = block_graph(den)
+    prof = profile_denoiser(den, resolve_blocks(den, g.names), *capture_denoiser_call(pipe))
+    return schedule_from_mask(den, type(pipe.scheduler).__name__, STEPS, g, prof, mask)
+
+
+def run(pipe, labels=(3, 7), seed=1, steps=STEPS):
+    return generate(pipe, list(labels), seed=seed, num_inference_steps=steps, guidance_scale=3.0)
+
+
+@pytest.mark.parametrize("fixture", ["sd_pipe", "dit_pipe"])
+def test_rollout_reproduces_the_pipeline(fixture, request):
+    pipe = request.getfixturevalue(fixture)
+    ref = run(pipe)
+    with torch.no_grad():
+        mine = rollout(pipe, [3, 7], [torch.Generator().manual_seed(1 + i) for i in range(2)], STEPS, 3.0)
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["sd_pipe", "dit_pipe"])
+def test_full_schedule_is_exact_and_remove_restores(fixture, request):
+    pipe = request.getfixturevalue(fixture)
+    ref = run(pipe)
+    n_blocks = len(block_graph(pipe.unet if fixture == "sd_pipe" else pipe.transformer).names)
+    schedule = schedule_for(pipe, torch.ones(STEPS, n_blocks))
+    dipgo.apply(pipe, schedule)
+    try:
+        torch.testing.assert_close(run(pipe), ref, atol=1e-6, rtol=0)
+        with pytest.raises(DipgoError, match="already applied"):
+            dipgo.apply(pipe, schedule)
+    finally:
+        dipgo.remove(pipe)
+    assert not dipgo.is_applied(pipe)
+    torch.testing.assert_close(run(pipe), ref, atol=0, rtol=0)
+    with pytest.raises(DipgoError, match="not applied"):
+        dipgo.remove(pipe)
+
+
+def test_reusing_whole_calls_equals_a_merged_ddim_update(sd_pipe):
+    """METHOD.md's DDIM fact: reusing every block of a call reuses the noise prediction, and two DDIM
+    updates with one prediction equal one update over both intervals. Checked against a hand DDIM."""
+    mask = torch.zeros(STEPS, 9)
+    kept_calls = [0, 3, 5]
+    mask[kept_calls] = 1
+    schedule = schedule_for(sd_pipe, mask)
+    assert schedule.macs < schedule.macs_full * 0.4
+    dipgo.apply(sd_pipe, schedule)
+    try:
+        pruned = run(sd_pipe, labels=(4,))
+        assert "27 block calls computed, 45 reused" in dipgo.summary(sd_pipe)
+    finally:
+        dipgo.remove(sd_pipe)
+
+    sched = type(sd_pipe.scheduler).from_config(sd_pipe.scheduler.config)
+    sched.set_timesteps(STEPS)
+    ts = sched.timesteps.tolist()
+    ac = sched.alphas_cumprod
+    pos, neg = sd_pipe.encode_prompt(["a handwritten digit 4"], torch.device("cpu"), 1, True)
+    cond = torch.cat([neg, pos])
+    x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for k, i in enumerate(kept_calls):
+            t = ts[i]
+            eps = sd_pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=cond).sample
+            u, c = eps.chunk(2)
+            eps = u + 3.0 * (c - u)
+            nxt = kept_calls[k + 1] if k + 1 < len(kept_calls) else STEPS
+            t_end = ts[nxt - 1] - sched.config.num_train_timesteps // STEPS  # prev timestep of the last merged call
+            a, a_end = ac[t], (ac[t_end] if t_end >= 0 else sched.final_alpha_cumprod)
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x = a_end.sqrt() * x0 + (1 - a_end).sqrt() * eps
+        img = sd_pipe.vae.decode(x / sd_pipe.vae.config.scaling_factor).sample
+    torch.testing.assert_close(pruned, (img / 2 + 0.5).clamp(0, 1), atol=1e-4, rtol=0)
+
+
+def test_state_resets_between_generations_and_summary(dit_pipe):
+    mask = uniform_mask(STEPS, 8, None, 0.5).clone()
+    mask[2, :4] = 1
+    dipgo.apply(dit_pipe, schedule_for(dit_pipe, mask))
+    try:
+        a = run(dit_pipe)
+        b = run(dit_pipe)   # a second generation must not see the first one's caches
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        text = dipgo.summary(dit_pipe)
+        assert "transformer_blocks.0" in text and "reused from cache" in text
+        with pytest.raises(ScheduleError, match="num_inference_steps=8"):
+            run(dit_pipe, steps=12)
+    finally:
+        dipgo.remove(dit_pipe)
+
+
+@pytest.mark.parametrize("name,calls", [("pndm", STEPS + 1), ("dpm++", STEPS), ("euler", STEPS)])
+def test_other_schedulers(sd_pipe, name, calls):
+    original = sd_pipe.scheduler
+    try:
+        set_scheduler(sd_pipe, name)
+        assert num_calls(sd_pipe, STEPS) == calls
+        full = run(sd_pipe)
+        mask = torch.ones(calls, 9)
+        mask[2::2] = 0
+        dipgo.apply(sd_pipe, schedule_for(sd_pipe, mask))
+        try:
+            pruned = run(sd_pipe)
+        finally:
+            dipgo.remove(sd_pipe)
+        assert pruned.shape == full.shape and torch.isfinite(pruned).all()
+        assert 0 < (pruned - full).abs().mean() < 0.2
+        wrong = schedule_for(sd_pipe, mask)
+        wrong.scheduler = "OtherScheduler"
+        with pytest.raises(ScheduleError, match="scheduler: schedule is for OtherScheduler"):
+            dipgo.apply(sd_pipe, wrong)
+    finally:
+        sd_pipe.scheduler = original
+
+
+def test_custom_module_with_named_blocks():
+    from dipgo.runtime import attach, detach
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Sequential(torch.nn.Linear(4, 4))
+
+        def forward(self, x, timestep):
+            return self.b(self.a(x))
+
+    net = Net()
+    blocks = resolve_blocks(net, ["a", "b"])
+    calls = []
+    net.b[0].register_forward_hook(lambda m, i, o: calls.append(1))  # runs only when b computes
+    from dipgo.schedule import Schedule, config_hash
+    sched = Schedule("Net", config_hash(net), ["a", "b"], 3, "X", [["a", "b"], ["a"], ["a", "b"]])
+    attach(net, blocks, {}, sched)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        out0 = net(x, 900)
+        out1 = net(x * 0, 800)       # b reused: same output as call 0 although the input changed
+        net(x, 700)
+    detach(net)
+    assert len(calls) == 2
+    torch.testing.assert_close(out0, out1)
