@@ -262,6 +262,11 @@ def train_diffusion(args, kind: str) -> None:
         pipe = DiTPipeline(transformer=ema.shadow["net"], vae=vae, scheduler=ddim,
                            id2label={i: f"{i}, {name}" for i, name in enumerate(DIGIT_NAMES)})
     pipe.save_pretrained(out, safe_serialization=True)
+    if kind == "dit":  # DiTPipeline does not save id2label itself; from_pretrained reads it from here
+        index_path = out / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["id2label"] = {str(i): f"{i}, {name}" for i, name in enumerate(DIGIT_NAMES)}
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     info = {"stage": kind, "steps": args.steps, "batch": args.batch, "train_seconds": time.time() - t0,
             "final_loss_ema": running}
     (ckpt / f"{kind}-final.json").write_text(json.dumps(info, indent=2))
