@@ -108,7 +108,9 @@ def main() -> None:
     pruned = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,
                       progress=True, desc="dipgo")
     dipgo.remove(pipe)
-    q = (lambda x: (x * 255).round() / 255)  # compare 8-bit images, as saved
+    def q(x):  # compare 8-bit images, as saved
+        return (x * 255).round() / 255
+
     record.update({
         "n": args.n, "seed": 0,
         "fid_full": fid_against_mnist(full, progress=True), "fid": fid_against_mnist(pruned, progress=True),

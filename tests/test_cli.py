@@ -36,7 +36,31 @@ def test_sample_writes_grid(tmp_path, capsys):
 @pytest.mark.parametrize("argv,needle", [
     (["info", "no-such-model"], "unknown model 'no-such-model'"),
     (["sample", "./missing/folder"], "does not exist"),
+    (["sample", "mnist-dit", "--label", "12", "--steps", "2", "--n", "1"], "out of range"),
+    (["prune", "mnist-sd", "--ratio", "1.5"], "ratio must be in (0, 1)"),
+    (["prune", "mnist-sd", "--ratio", "0.5", "--blocks", "down_blocks.0,nope"], "unknown block name"),
+    (["show", "/nonexistent/schedule.json"], "does not exist"),
 ])
 def test_bad_model_exits_2_with_message(argv, needle, capsys):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_prune_show_and_sample_with_schedule(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["prune", "mnist-sd", "--ratio", "0.4,0.6", "--steps", "4", "--iterations", "2", "--batch", "1",
+                 "--out", str(out)]) == 0
+    paths = [tmp_path / "s-r0.4.json", tmp_path / "s-r0.6.json"]
+    assert all(p.is_file() for p in paths)
+    data = json.loads(paths[1].read_text())
+    assert data["num_inference_steps"] == 4 and data["scheduler"] == "DDIMScheduler"
+    assert data["requested_ratio"] == 0.6 and data["model_class"] == "UNet2DConditionModel"
+    assert main(["show", str(paths[1])]) == 0
+    assert "up_blocks.3" in capsys.readouterr().out
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "mnist-sd", "--schedule", str(paths[1]), "--compare", "--n", "3", "--out", str(grid)]) == 0
+    assert Image.open(grid).height > 2 * 34  # two captioned rows: full model and dipgo
+    # the schedule refuses another step count
+    assert main(["sample", "mnist-sd", "--schedule", str(paths[1]), "--steps", "6", "--n", "1",
+                 "--out", str(grid)]) == 2
+    assert "num_inference_steps=4" in capsys.readouterr().err

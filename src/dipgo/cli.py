@@ -12,8 +12,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 from . import __version__
 from .errors import DipgoError
 from .zoo import zoo_entry
@@ -179,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         return args.fn(args)
     except (DipgoError, KeyError, FileNotFoundError) as err:

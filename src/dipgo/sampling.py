@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import prompt_for
+from .errors import DipgoError
 from .zoo import denoiser_of
 
 
@@ -30,8 +31,11 @@ def conditioning_of(pipe) -> str:
     raise TypeError(f"{type(pipe).__name__} takes neither 'prompt' nor 'class_labels'")
 
 
-def condition_kwargs(pipe, labels: Sequence[int]) -> dict:
+def condition_kwargs(pipe, labels: Sequence[int], num_classes: int = 10) -> dict:
     """Pipeline arguments that ask for the given digits (or class ids)."""
+    bad = [y for y in labels if not 0 <= int(y) < num_classes]
+    if bad:
+        raise DipgoError(f"label(s) {bad} out of range: this model was trained on classes 0..{num_classes - 1}")
     if conditioning_of(pipe) == "prompt":
         return {"prompt": [prompt_for(int(y)) for y in labels]}
     return {"class_labels": [int(y) for y in labels]}
