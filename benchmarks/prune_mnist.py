@@ -59,6 +59,17 @@ def wall_clock(pipe, schedule, guidance: float, steps: int, repeats: int, batch:
             "wall_speedup": f / p}
 
 
+def fewer_steps_baseline(pipe, record: dict, full: torch.Tensor, labels: list[int], guidance: float) -> dict:
+    """The simplest competitor at the same MACs: the same DDIM sampler with k = steps * macs / macs_full."""
+    k = max(1, round(record["steps"] * record["macs"] / record["macs_full"]))
+    imgs = generate(pipe, labels, seed=0, num_inference_steps=k, guidance_scale=guidance, batch_size=50,
+                    progress=True, desc=f"DDIM-{k}")
+    q_full, q_imgs = (full * 255).round() / 255, (imgs * 255).round() / 255
+    return {"steps": k, "macs_speedup": record["steps"] / k, "fid": fid_against_mnist(imgs, progress=True),
+            "cond_acc": conditioning_accuracy(imgs, labels), "psnr_vs_full": float(psnr(q_imgs, q_full).mean()),
+            "ssim_vs_full": float(ssim(q_imgs, q_full).mean())}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=list(ZOO))
@@ -118,6 +129,7 @@ def main() -> None:
         "psnr_vs_full": float(psnr(q(pruned), q(full)).mean()), "ssim_vs_full": float(ssim(q(pruned), q(full)).mean()),
     })
     record["fid_rel_change"] = record["fid"] / record["fid_full"] - 1
+    record["fewer_steps"] = fewer_steps_baseline(pipe, record, full, labels, guidance)
     save_image(labelled_rows([("full model", full[:20]), (f"dipgo {record['macs_speedup']:.2f}x fewer MACs",
                                                            pruned[:20])]), out / f"{tag}.png")
     tmp = out / f".{tag}.json.tmp"

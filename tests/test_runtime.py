@@ -158,3 +158,32 @@ def test_custom_module_with_named_blocks():
     detach(net)
     assert len(calls) == 2
     torch.testing.assert_close(out0, out1)
+
+
+def test_fine_granularity_gates_inner_layers(sd_pipe):
+    den = sd_pipe.unet
+    g = block_graph(den, "fine")
+    assert len(g.names) == 30 and "down_blocks.0.attentions.0" in g.names
+    assert g.consumers["down_blocks.0.attentions.0"] == ["down_blocks.0.downsamplers.0", "up_blocks.3.resnets.0"]
+    prof = profile_denoiser(den, resolve_blocks(den, g.names), *capture_denoiser_call(sd_pipe))
+    assert all(m > 0 for m in prof.block_macs)
+    ref = run(sd_pipe)
+    full = schedule_from_mask(den, "DDIMScheduler", STEPS, g, prof, torch.ones(STEPS, 30))
+    dipgo.apply(sd_pipe, full)
+    try:
+        torch.testing.assert_close(run(sd_pipe), ref, atol=1e-6, rtol=0)
+    finally:
+        dipgo.remove(sd_pipe)
+    mask = torch.ones(STEPS, 30)
+    mask[1::2, g.names.index("up_blocks.2.attentions.1")] = 0   # a DeepCache-like shallow branch on odd calls
+    from dipgo.adapters import effective_keep
+    mask = effective_keep(mask, g)
+    assert mask[1, g.names.index("mid_block.attentions.0")] == 0 and mask[1, g.names.index("up_blocks.3.resnets.0")]
+    sched = schedule_from_mask(den, "DDIMScheduler", STEPS, g, prof, mask)
+    dipgo.apply(sd_pipe, sched)
+    try:
+        pruned = run(sd_pipe)
+    finally:
+        dipgo.remove(sd_pipe)
+    assert sched.macs < 0.75 * sched.macs_full
+    assert 0 < (pruned - ref).abs().mean() < 0.1

@@ -25,7 +25,7 @@ import torch
 
 from .errors import DipgoError
 
-GRANULARITIES = ("coarse",)
+GRANULARITIES = ("coarse", "fine")
 
 
 @dataclass
@@ -81,6 +81,10 @@ def register_adapter(*class_names: str) -> Callable[[AdapterFn], AdapterFn]:
 
 @register_adapter("UNet2DConditionModel", "UNet2DModel")
 def unet_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
+    return unet_fine_graph(model) if granularity == "fine" else unet_coarse_graph(model)
+
+
+def unet_coarse_graph(model: torch.nn.Module) -> BlockGraph:
     """Coarse UNet blocks, as DiP-GO's SD-1.5 setting: down_blocks.*, mid_block, up_blocks.*.
 
     down_blocks.i feeds down_blocks.i+1 (or the mid block) and, through its skip connections,
@@ -100,6 +104,55 @@ def unet_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
     for j in range(n_up - 1):
         consumers[up[j]] = [up[j + 1]]
     return BlockGraph(names, consumers=consumers, always_needed={up[-1]}, output_block=up[-1])
+
+
+def _layers(block, prefix: str, has_attn_first: bool = False) -> list[list[str]]:
+    """Execution-ordered (resnet, attention) groups of a UNet block, one list per skip-connection output."""
+    groups = []
+    attns = getattr(block, "attentions", None) or []
+    for j in range(len(block.resnets)):
+        group = [f"{prefix}.resnets.{j}"]
+        if j < len(attns):
+            group.append(f"{prefix}.attentions.{j}")
+        groups.append(group)
+    return groups
+
+
+def unet_fine_graph(model: torch.nn.Module) -> BlockGraph:
+    """One gate per resnet, attention and resampler inside the UNet's blocks.
+
+    Data flow: the hidden state runs through every unit in execution order; each down layer (its
+    attention if it has one, else its resnet) and each downsampler also hands a skip tensor to the
+    up resnet that consumes it (the UNet pops them in reverse order; conv_in's is ungated). The last
+    unit feeds only conv_norm_out/conv_out, so a call that reuses it reuses the whole output.
+    """
+    order: list[str] = []
+    skips: list[str | None] = [None]  # conv_in's skip tensor: not gated
+    for i, block in enumerate(model.down_blocks):
+        for group in _layers(block, f"down_blocks.{i}"):
+            order += group
+            skips.append(group[-1])
+        if getattr(block, "downsamplers", None) is not None:
+            order.append(f"down_blocks.{i}.downsamplers.0")
+            skips.append(order[-1])
+    mid = getattr(model, "mid_block", None)
+    if mid is not None:
+        order.append("mid_block.resnets.0")
+        for j in range(len(getattr(mid, "attentions", []) or [])):
+            order += [f"mid_block.attentions.{j}", f"mid_block.resnets.{j + 1}"]
+    consumers: dict[str, set[str]] = {}
+    for i, block in enumerate(model.up_blocks):
+        for group in _layers(block, f"up_blocks.{i}"):
+            producer = skips.pop()
+            if producer is not None:
+                consumers.setdefault(producer, set()).add(group[0])
+            order += group
+        if getattr(block, "upsamplers", None) is not None:
+            order.append(f"up_blocks.{i}.upsamplers.0")
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        consumers.setdefault(a, set()).add(b)
+    return BlockGraph(order, consumers={k: sorted(v) for k, v in consumers.items()},
+                      always_needed={order[-1]}, output_block=order[-1])
 
 
 def transformer_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
