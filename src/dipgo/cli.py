@@ -61,7 +61,8 @@ def cmd_prune(args) -> int:
     ratios = [float(r) for r in str(args.ratio).split(",")]
     config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
-                          init=args.init, seed=args.seed, granularity=args.granularity)
+                          init=args.init, seed=args.seed, granularity=args.granularity,
+                          grad_checkpointing=not args.no_grad_checkpointing)
     # (SearchConfig validates ratio, loss, ... before anything is loaded)
     for r in ratios:
         SearchConfig(ratio=r)
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
     prune.add_argument("--granularity", default="coarse", help="coarse (whole UNet blocks) or fine (resnets, "
                        "attentions, resamplers)")
+    prune.add_argument("--no-grad-checkpointing", action="store_true",
+                       help="faster search, more memory (activations of all unrolled calls are kept)")
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
