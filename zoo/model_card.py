@@ -32,7 +32,7 @@ ARCH = {
         "`num_embeds_ada_norm` is 1000 because `DiTPipeline` uses class id 1000 as the null class for\n"
         "guidance; ids 0-9 are the digits, `id2label` maps '7' and 'seven' to 7. Trained with DiT's 10 %\n"
         "label dropout and linear noise schedule (1e-4 to 0.02); the shipped scheduler is DDIM.",
-        "pipe(class_labels=pipe.get_label_ids([\"7\", \"seven\"]), num_inference_steps=50, guidance_scale=4.0).images",
+        "pipe(class_labels=pipe.get_label_ids([\"7\", \"seven\"]), num_inference_steps=50, guidance_scale=2.0).images",
         "python zoo/train.py vae --steps 900\npython zoo/train.py dit --steps 4000 --threads 1\n"
         "python zoo/train.py dit --steps 6500 --threads 1   # resumes the 4,000-step checkpoint",
     ),

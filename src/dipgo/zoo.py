@@ -33,7 +33,7 @@ ZOO: dict[str, ZooEntry] = {
     for e in (
         ZooEntry("mnist-sd", "mnist-sd", "prompt", 4.0,
                  description="StableDiffusionPipeline (CLIP text encoder, SD-1.5 UNet layout) on MNIST"),
-        ZooEntry("mnist-dit", "mnist-dit", "class", 4.0,
+        ZooEntry("mnist-dit", "mnist-dit", "class", 2.0,
                  description="DiTPipeline (class-conditional DiT) on MNIST"),
     )
 }
