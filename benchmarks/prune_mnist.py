@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import dipgo  # noqa: E402
 from dipgo.api import schedule_at_ratio  # noqa: E402
+from dipgo.fileio import atomic_path  # noqa: E402
 from dipgo.metrics import conditioning_accuracy, fid_against_mnist, psnr, ssim  # noqa: E402
 from dipgo.rollout import set_scheduler  # noqa: E402
 from dipgo.sampling import balanced_labels, generate, labelled_rows, save_image  # noqa: E402
@@ -132,9 +133,8 @@ def main() -> None:
     record["fewer_steps"] = fewer_steps_baseline(pipe, record, full, labels, guidance)
     save_image(labelled_rows([("full model", full[:20]), (f"dipgo {record['macs_speedup']:.2f}x fewer MACs",
                                                            pruned[:20])]), out / f"{tag}.png")
-    tmp = out / f".{tag}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, out / f"{tag}.json")
+    with atomic_path(out / f"{tag}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
     print(json.dumps({k: v for k, v in record.items() if k not in ("wall", "machine")}, indent=1))
 
 

@@ -93,7 +93,7 @@ def test_reusing_whole_calls_equals_a_merged_ddim_update(sd_pipe):
 
 
 def test_state_resets_between_generations_and_summary(dit_pipe):
-    mask = uniform_mask(STEPS, 8, None, 0.5).clone()
+    mask = uniform_mask(STEPS, 8, 0.5).clone()
     mask[2, :4] = 1
     dipgo.apply(dit_pipe, schedule_for(dit_pipe, mask))
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
+from dipgo.fileio import atomic_path  # noqa: E402
 from dipgo.metrics import conditioning_accuracy, fid_against_mnist  # noqa: E402
 from dipgo.sampling import balanced_labels, generate, make_grid, save_image  # noqa: E402
 from dipgo.zoo import ZOO, load_pipeline, zoo_root  # noqa: E402
@@ -66,9 +66,8 @@ def main() -> None:
         real = (load_mnist()[0][::5] + 1) / 2
         real_fid = round(fid_against_mnist(real), 2)
         result["fid_real_1000_vs_5000"] = real_fid
-    tmp = folder / "quality.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, folder / "quality.json")
+    with atomic_path(folder / "quality.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     save_image(make_grid(images[:100], nrow=10), folder / "samples.png")
     print(f"wrote {folder / 'quality.json'} and samples.png")
 

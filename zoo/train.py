@@ -15,7 +15,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from diffusers import (  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from dipgo.data import DIGIT_NAMES, load_mnist, prompt_for  # noqa: E402
+from dipgo.fileio import atomic_path  # noqa: E402
 from dipgo.tokenizer import write_tokenizer  # noqa: E402
 
 CKPT = ROOT / "checkpoints"  # default; --ckpt-dir overrides
@@ -91,10 +91,8 @@ def make_dit() -> DiTTransformer2DModel:
 
 # ----------------------------------------------------------------------------------- checkpoints
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path) -> dict | None:

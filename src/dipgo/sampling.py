@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .data import prompt_for
 from .errors import DipgoError
+from .fileio import atomic_path
 from .zoo import denoiser_of
 
 
@@ -131,8 +132,6 @@ def labelled_rows(rows: list[tuple[str, torch.Tensor]], nrow: int = 10) -> Image
 def save_image(image: Image.Image, path: str | Path) -> Path:
     """Save atomically (temp file then rename) so an interrupted run never leaves half a PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG") or "PNG")
     return path

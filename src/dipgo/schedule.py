@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import DipgoError
+from .fileio import atomic_path
 
 SCHEMA_VERSION = 1
 
@@ -166,12 +166,9 @@ class Schedule:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a temp file in the same folder, then an atomic rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:

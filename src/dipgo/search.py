@@ -18,7 +18,6 @@ The search checkpoints atomically every ``checkpoint_every`` iterations and resu
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from .adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
 from .costs import CostProfile, profile_denoiser
 from .errors import DipgoError
+from .fileio import atomic_path
 from .metrics import ssim
 from .pruner import Pruner, straight_through
 from .rollout import num_calls, rollout
@@ -101,7 +101,7 @@ def consistency(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
     return (a - b).pow(2).mean()
 
 
-def uniform_mask(calls: int, blocks: int, profile: CostProfile, ratio: float) -> torch.Tensor:
+def uniform_mask(calls: int, blocks: int, ratio: float) -> torch.Tensor:
     """Keep-all on ~evenly spaced calls, reuse-all elsewhere: the fewer-steps schedule at ``ratio``."""
     full = max(1, round(calls * (1 - ratio)))
     idx = torch.linspace(0, calls - 1, full).round().long().unique()
@@ -109,13 +109,6 @@ def uniform_mask(calls: int, blocks: int, profile: CostProfile, ratio: float) ->
     mask[idx] = 1
     mask[0] = 1
     return mask
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -140,7 +133,7 @@ class Search:
         self.calls = num_calls(pipe, config.num_inference_steps)
         self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
         if config.init == "uniform":
-            self.pruner.init_from_mask(uniform_mask(self.calls, len(self.graph.names), self.profile, config.ratio))
+            self.pruner.init_from_mask(uniform_mask(self.calls, len(self.graph.names), config.ratio))
         self.opt = torch.optim.SGD(self.pruner.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -171,7 +164,8 @@ class Search:
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path:
-            _atomic_torch_save(self._state(), self.checkpoint_path)
+            with atomic_path(self.checkpoint_path) as tmp:
+                torch.save(self._state(), tmp)
 
     # ------------------------------------------------------------------ one iteration
     def _lr(self, it: int) -> float:
@@ -180,13 +174,16 @@ class Search:
             return self.cfg.lr * (it + 1) / warm
         return self.cfg.lr * 0.5 * (1 + math.cos(math.pi * (it - warm) / max(1, self.cfg.iterations - warm)))
 
-    def hardness_at(self, it: int) -> float:
-        its = self.cfg.anneal * self.cfg.iterations
+    def _ramp(self, share: float, it: int) -> float:
+        """0 -> 1 linearly over the first ``share`` of the iterations, then 1."""
+        its = share * self.cfg.iterations
         return 1.0 if its < 1 else min(1.0, (it + 1) / its)
 
+    def hardness_at(self, it: int) -> float:
+        return self._ramp(self.cfg.anneal, it)
+
     def target_at(self, it: int) -> float:
-        ramp_its = self.cfg.ramp * self.cfg.iterations
-        return self.cfg.ratio if ramp_its < 1 else self.cfg.ratio * min(1.0, (it + 1) / ramp_its)
+        return self.cfg.ratio * self._ramp(self.cfg.ramp, it)
 
     def _gated_run(self, labels, gens, gates: torch.Tensor, state) -> torch.Tensor:
         state.gates, state.driven = gates, True
@@ -243,8 +240,6 @@ class Search:
             cons = consistency(img, ref, cfg.loss)
             sparse_on = bool(kept.item() > 1 - target)
             loss = cons + (cfg.alpha_s * kept if sparse_on else 0.0)
-            # Summed, not averaged, over gates: with the mean each gate's gradient is O(1 / #gates) and
-            # a few hundred SGD steps cannot move any gate on its own.
             for g in self.opt.param_groups:
                 g["lr"] = self._lr(self.iteration)
             self.opt.zero_grad(set_to_none=True)
