@@ -4,6 +4,8 @@
     dipgo prune MODEL --ratio R --steps N --scheduler NAME --out FILE
     dipgo sample MODEL [--schedule FILE [--compare]] --n K --seed S --out grid.png
     dipgo show FILE                                 what a schedule computes and skips
+    dipgo eval MODEL [--schedule FILE | --method SPEC] --n K --json FILE
+    dipgo bench [MODEL ...] [--quick]               every method at every budget -> benchmarks/results/bench/
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def cmd_prune(args) -> int:
     config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
                           init=args.init, seed=args.seed, granularity=args.granularity,
-                          grad_checkpointing=not args.no_grad_checkpointing)
+                          grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing])
     # (SearchConfig validates ratio, loss, ... before anything is loaded)
     for r in ratios:
         SearchConfig(ratio=r)
@@ -128,6 +130,63 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from .baselines import FromSchedule, parse_method
+    from .evaluation import evaluate
+    from .fileio import atomic_path
+    from .rollout import set_scheduler
+    from .schedule import Schedule
+    from .zoo import load_pipeline
+
+    if args.schedule and args.method:
+        raise DipgoError("give --schedule FILE or --method SPEC, not both")
+    method = FromSchedule(args.schedule) if args.schedule else parse_method(args.method or "full")
+    steps = args.steps
+    scheduler = args.scheduler
+    if args.schedule:
+        schedule = Schedule.load(args.schedule)
+        steps = steps if steps is not None else schedule.num_inference_steps
+    pipe = load_pipeline(args.model)
+    if args.schedule and scheduler is None:
+        if type(pipe.scheduler).__name__ != schedule.scheduler:
+            set_scheduler(pipe, schedule.scheduler)
+    else:
+        set_scheduler(pipe, scheduler or "ddim")
+    rec = evaluate(pipe, method, steps if steps is not None else 50, n=args.n, seed=args.seed,
+                   guidance_scale=_guidance(args), batch=args.batch, progress=True)
+    rec["model"] = args.model
+    text = json.dumps(rec, indent=1)
+    if args.json:
+        with atomic_path(Path(args.json)) as tmp:
+            tmp.write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench, write_reports
+
+    kw = {}
+    if args.models:
+        kw["models"] = args.models
+    for name in ("n", "batch", "out"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    if args.bases:
+        kw["bases"] = [int(b) for b in args.bases.split(",")]
+    if args.budgets:
+        kw["budgets"] = [float(b) for b in args.budgets.split(",")]
+    if args.methods:
+        kw["families"] = [m.strip() for m in args.methods.split(",")]
+    cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    report = run_bench(cfg, progress=True)
+    for path in write_reports(report, cfg.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
     p.add_argument("--version", action="version", version=f"dipgo {__version__}")
@@ -154,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
     prune.add_argument("--granularity", default="coarse", help="coarse (whole UNet blocks) or fine (resnets, "
                        "attentions, resamplers)")
-    prune.add_argument("--no-grad-checkpointing", action="store_true",
-                       help="faster search, more memory (activations of all unrolled calls are kept)")
+    prune.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
+                       help="recompute each call in backward: ~half the memory, ~1.5x the time "
+                       "(auto: on for denoisers over 100M parameters)")
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
@@ -178,6 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch", type=int, default=16)
     sample.add_argument("--out", default="grid.png")
     sample.set_defaults(fn=cmd_sample)
+
+    ev = sub.add_parser("eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
+                        "accuracy, PSNR/SSIM (JSON)")
+    ev.add_argument("model", nargs="?", default="mnist-sd")
+    ev.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
+    ev.add_argument("--method", default=None, help="full | steps:K | deepcache:N[,branch=B,mode=nonuniform] | "
+                    "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE")
+    ev.add_argument("--steps", type=int, default=None, help="base num_inference_steps (default: the schedule's or 50)")
+    ev.add_argument("--scheduler", default=None, help="ddim (default), pndm, dpm++, euler")
+    ev.add_argument("--n", type=int, default=256, help="images (balanced digits)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--batch", type=int, default=32)
+    ev.add_argument("--json", default=None, help="also write the record here")
+    ev.set_defaults(fn=cmd_eval)
+
+    bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
+    bench.add_argument("models", nargs="*", help="zoo models (default: mnist-sd mnist-dit)")
+    bench.add_argument("--quick", action="store_true", help="a few minutes: mnist-sd, DDIM-20, 2 budgets, 32 images")
+    bench.add_argument("--bases", default=None, help="comma-separated base step counts (default 50,20)")
+    bench.add_argument("--budgets", default=None, help="comma-separated MACs reduction factors (default 2,3,4.4)")
+    bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "
+                       "DeepCache non-uniform, FBCache")
+    bench.add_argument("--n", type=int, default=None)
+    bench.add_argument("--batch", type=int, default=None)
+    bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
+    bench.set_defaults(fn=cmd_bench)
     return p
 
 

@@ -180,3 +180,51 @@ def profile_denoiser(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Modul
                      kwargs: dict) -> CostProfile:
     counter = count_macs(denoiser, args, kwargs, scopes=blocks)
     return CostProfile(list(blocks), [counter.by_scope.get(n, 0) for n in blocks], counter.total)
+
+
+class ExecutionProbe:
+    """Records which blocks really ran in each denoiser call, whatever skipped them.
+
+    Caching methods replace a block's ``forward`` (dipgo's hooks, diffusers' FBCache, DeepCache), so a
+    hook on the block itself fires either way; a hook on a module *inside* the block fires only when
+    the block computes. The probe picks, per block, the first parameterised leaf that runs in a traced
+    call. MACs of what ran then follow from a :class:`CostProfile` (``generation_macs(probe.mask())``),
+    measured, not assumed, for static and dynamic methods alike.
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], args: tuple, kwargs: dict):
+        self.names = list(blocks)
+        self.rows: list[set[str]] = []
+        first: dict[str, torch.nn.Module] = {}
+        tracer = []
+        for name, block in blocks.items():
+            for leaf in block.modules():
+                if not list(leaf.children()) and any(True for _ in leaf.parameters(recurse=False)):
+                    def mark(module, inputs, name=name, leaf=leaf):
+                        first.setdefault(name, leaf)
+                    tracer.append(leaf.register_forward_pre_hook(mark))
+        try:
+            with torch.no_grad():
+                denoiser(*args, **kwargs)
+        finally:
+            for h in tracer:
+                h.remove()
+        missing = [n for n in self.names if n not in first]
+        if missing:
+            raise RuntimeError(f"blocks {missing} ran no parameterised layer in a traced call; cannot probe them")
+        self._handles = [denoiser.register_forward_pre_hook(lambda m, a: self.rows.append(set()))]
+        for name, leaf in first.items():
+            self._handles.append(leaf.register_forward_pre_hook(
+                lambda m, a, name=name: self.rows[-1].add(name) if self.rows else None))
+
+    def mask(self) -> torch.Tensor:
+        """(calls seen since the last ``clear``, blocks) 0/1: which blocks ran in each call."""
+        return torch.tensor([[1.0 if n in row else 0.0 for n in self.names] for row in self.rows])
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

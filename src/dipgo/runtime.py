@@ -43,11 +43,30 @@ class RunState:
     # search mode: effective keep gates (calls, blocks) with gradients; the search loop sets ``call``
     gates: torch.Tensor | None = None
     driven: bool = False
+    # dynamic mode (e.g. a first-block cache): decides per call from what it observes; see ``Policy``
+    policy: Any = None
 
     def reset(self) -> None:
         self.call, self.last_timestep, self.new_generation = -1, None, False
         self.caches.clear()
         self.last_output.clear()
+        if self.policy is not None:
+            self.policy.reset()
+
+
+class Policy:
+    """A dynamic skip rule, for methods that decide while sampling (a static :class:`Schedule` decides
+    ahead). ``computes`` is asked before each block of each call; ``observe`` sees every computed
+    block's cached value (its output, or its residual for residual blocks) in execution order."""
+
+    def computes(self, call: int, block: str) -> bool:
+        return True
+
+    def observe(self, call: int, block: str, value) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
 
 
 def _timestep_of(args: tuple, kwargs: dict) -> float | None:
@@ -145,12 +164,15 @@ class BackupHook(ModelHook):
                 value = _tree_mix(s.gates[call, self.index], value, cached)
             s.caches[key] = value
             return value if self.mode == "output" else self._input(args, kwargs) + value
-        if cached is not None and self.schedule is not None and not self.schedule.computes(call, self.name):
+        rule = self.schedule if self.schedule is not None else s.policy
+        if cached is not None and rule is not None and not rule.computes(call, self.name):
             s.reused += 1
             return cached if self.mode == "output" else self._input(args, kwargs) + cached
         out = self.fn_ref.original_forward(*args, **kwargs)
         s.computed += 1
         s.caches[key] = out if self.mode == "output" else out - self._input(args, kwargs)
+        if s.policy is not None:
+            s.policy.observe(call, self.name, s.caches[key])
         return out
 
     def reset_state(self, module):
@@ -171,12 +193,18 @@ class Attachment:
 
 
 def attach(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], modes: dict[str, str],
-           schedule: Schedule | None = None, branches: int = 1, scheduler=None) -> Attachment:
-    """Install the root hook and one backup hook per block on ``denoiser``."""
+           schedule: Schedule | None = None, branches: int = 1, scheduler=None,
+           policy: Policy | None = None) -> Attachment:
+    """Install the root hook and one backup hook per block on ``denoiser``.
+
+    Blocks follow ``schedule`` (static) or ``policy`` (dynamic); with neither, every block computes
+    (the search drives the gates itself)."""
     if getattr(denoiser, "_dipgo_attachment", None) is not None:
         raise DipgoError(
             f"dipgo is already applied to this {type(denoiser).__name__}; call dipgo.remove(pipe) first")
-    state = RunState()
+    if schedule is not None and policy is not None:
+        raise DipgoError("attach takes a schedule or a policy, not both")
+    state = RunState(policy=policy)
     root = HookRegistry.check_if_exists_or_initialize(denoiser)
     root.register_hook(CallCounterHook(state, schedule, len(blocks)), ROOT_HOOK)
     for i, (name, module) in enumerate(blocks.items()):

@@ -1,0 +1,316 @@
+"""``dipgo bench`` / ``make bench``: every method at every budget, from more than one base, one harness.
+
+For each model and base step count (DDIM): the full model once, then for each MACs budget (2x, 3x,
+4.4x fewer by default) each method configured to land as close to the budget as it can:
+
+* **dipgo** — the search's scores (``benchmarks/results/bench/searches/``; searched once if missing,
+  one search per model and base serves every budget) turned into a schedule at ratio 1 - 1/budget;
+* **fewer steps** — ``round(base / budget)`` steps of the same scheduler;
+* **DeepCache** (uniform) and **DeepCache non-uniform** — the interval whose MACs are closest to the
+  budget, skip branch 0 (on transformers: FORA-style, every block reused between full calls);
+* **FBCache** — the first-block-cache threshold bisected on a calibration batch (other seeds) to the
+  budget; its MACs in the table are those measured on the evaluation run.
+
+All points are measured with :class:`~dipgo.evaluation.Evaluator` on the same seeds. Writes
+``bench.json`` (every record + the machine), ``bench.md`` (tables + the target check) and
+``bench.png`` (quality against measured wall-clock speedup, one line per method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .api import schedule_at_ratio
+from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full
+from .errors import DipgoError
+from .evaluation import Evaluator, compare
+from .fileio import atomic_path
+from .rollout import set_scheduler
+from .search import Search, SearchConfig, load_result, save_result
+from .zoo import ZOO, load_pipeline
+
+FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
+# Search settings per model (the DiT's calls cost 4x the UNet's, so it gets fewer, smaller iterations).
+SEARCH = {"mnist-sd": {"iterations": 150, "batch": 4}, "mnist-dit": {"iterations": 80, "batch": 2}}
+SEARCH_RATIO = 0.78  # above 1 - 1/4.4 = 0.773, so one search serves every budget up to 4.4x
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=lambda: ["mnist-sd", "mnist-dit"])
+    bases: list[int] = field(default_factory=lambda: [50, 20])
+    budgets: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.4])
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    n: int = 256
+    batch: int = 32
+    seed: int = 0
+    out: str = "benchmarks/results/bench"
+    searches: str = "benchmarks/results/bench/searches"
+    tag: str = "bench"
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in ZOO]
+        if unknown:
+            raise DipgoError(f"unknown model(s) {unknown}; bench runs on the zoo models {sorted(ZOO)}")
+        bad = [b for b in self.budgets if b <= 1]
+        if bad:
+            raise DipgoError(f"budgets are MACs reduction factors > 1 (e.g. 2, 3, 4.4), got {bad}")
+        fam = [f for f in self.families if f not in FAMILIES]
+        if fam:
+            raise DipgoError(f"unknown method families {fam}; choose from {FAMILIES}")
+        if any(b < 2 for b in self.bases):
+            raise DipgoError(f"base step counts must be >= 2, got {self.bases}")
+
+    @classmethod
+    def quick(cls, **kw) -> BenchConfig:
+        """A few minutes: the UNet, the 20-step base, two budgets, 32 images."""
+        base = {"models": ["mnist-sd"], "bases": [20], "budgets": [2.0, 4.4], "n": 32, "batch": 16,
+                "tag": "bench-quick"}
+        base.update(kw)
+        return cls(**base)
+
+
+def search_scores(pipe, model: str, steps: int, guidance: float, directory: str | Path, progress: bool = True):
+    """The search result for (model, DDIM steps): loaded if saved, else searched (resumable) and saved."""
+    path = Path(directory) / f"{model}-ddim{steps}.json"
+    if path.exists():
+        return load_result(path, pipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = SearchConfig(ratio=SEARCH_RATIO, num_inference_steps=steps, guidance_scale=guidance, **SEARCH[model])
+    result = Search(pipe, cfg, checkpoint_path=path.with_name(path.name + ".search.pt")).run(progress=progress)
+    save_result(result, path)
+    path.with_name(path.name + ".search.pt").unlink(missing_ok=True)
+    return result
+
+
+def _closest(candidates: list, budget: float, speedup) -> object:
+    return min(candidates, key=lambda c: abs(math.log(speedup(c) / budget)))
+
+
+def deepcache_for_budget(pipe, steps: int, guidance: float, budget: float, mode: str):
+    """The DeepCache interval (branch 0) whose schedule's MACs speedup is closest to ``budget``."""
+    options = [DeepCache(n, 0, mode).bind(pipe, steps, guidance) for n in range(2, steps + 1)]
+    return _closest(options, budget, lambda a: a.schedule.macs_full / a.schedule.macs)
+
+
+def fbcache_for_budget(ev: Evaluator, pipe, steps: int, budget: float, calib: int = 8, iters: int = 7):
+    """Bisect the FBCache threshold (log scale) so that a calibration batch lands at ``budget``."""
+    full_macs = ev.macs_of(torch.ones(steps, len(ev.probe.names)))
+    lo, hi, best = -3.0, 1.0, None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        method = FirstBlockCache(round(10 ** mid, 5))
+        run = ev.run(method.bind(pipe, steps, ev.guidance), progress=False, n=calib, seed=10_000)
+        s = full_macs / run.macs
+        if best is None or abs(math.log(s / budget)) < abs(math.log(best[1] / budget)):
+            best = (method, s)
+        if s < budget:
+            lo = mid
+        else:
+            hi = mid
+    return best[0]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    records: list[dict] = []
+    searches: dict = {}
+    t_start = time.perf_counter()
+    for model in cfg.models:
+        pipe = load_pipeline(model)
+        set_scheduler(pipe, "ddim")
+        guidance = ZOO[model].guidance_scale
+        ev = Evaluator(pipe, cfg.n, cfg.seed, guidance, cfg.batch)
+        try:
+            for base in cfg.bases:
+                full = ev.run(Full().bind(pipe, base, guidance), progress)
+                q_full = ev.quality(full, None, progress)
+                rec = compare(ev, full, full, dict(q_full, psnr_vs_full=100.0, ssim_vs_full=1.0), q_full)
+                records.append(dict(rec, model=model, base=base, family="full", budget=1.0))
+                result = None
+                if "dipgo" in cfg.families:
+                    result = search_scores(pipe, model, base, guidance, cfg.searches, progress)
+                    searches[f"{model}-ddim{base}"] = {"seconds": result.seconds,
+                                                       "iterations": result.config.iterations,
+                                                       "batch": result.config.batch}
+                for budget in cfg.budgets:
+                    for family in cfg.families:
+                        applied = _method(family, pipe, ev, base, guidance, budget, result)
+                        if applied is None:
+                            continue
+                        run = ev.run(applied, progress)
+                        q = ev.quality(run, full, progress)
+                        rec = compare(ev, run, full, q, q_full)
+                        records.append(dict(rec, model=model, base=base, family=family, budget=budget))
+                        if progress:
+                            print(f"{model} DDIM-{base} {budget:g}x {run.label}: MACs {rec['macs_speedup']:.2f}x, "
+                                  f"wall {rec['wall_speedup']:.2f}x, FID {rec['fid']:.2f}, "
+                                  f"PSNR {rec['psnr_vs_full']:.2f}", flush=True)
+        finally:
+            ev.close()
+    return {"config": asdict(cfg), "machine": machine(), "seconds": time.perf_counter() - t_start,
+            "searches": searches, "records": records}
+
+
+def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result):
+    if family == "dipgo":
+        try:
+            schedule = schedule_at_ratio(result, pipe, 1 - 1 / budget)
+        except DipgoError:
+            return None  # budget out of the search's reach: the table shows no point
+        return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x")
+    if family == "fewer steps":
+        return FewerSteps(max(1, round(base / budget))).bind(pipe, base, guidance)
+    if family in ("DeepCache", "DeepCache non-uniform"):
+        mode = "uniform" if family == "DeepCache" else "nonuniform"
+        return deepcache_for_budget(pipe, base, guidance, budget, mode)
+    if family == "FBCache":
+        return fbcache_for_budget(ev, pipe, base, budget).bind(pipe, base, guidance)
+    raise DipgoError(f"unknown family {family!r}")
+
+
+# ------------------------------------------------------------------------------------------ reports
+def target_check(records: list[dict], tol: float = 0.05) -> list[dict]:
+    """Issue-4 target: at each budget, dipgo's PSNR vs full beats fewer steps' and DeepCache's, and its
+    FID is equal or better (within ``tol``)."""
+    rows = []
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["model"], r["base"], r["budget"]), {})[r["family"]] = r
+    for (model, base, budget), fam in sorted(groups.items()):
+        if budget == 1.0 or "dipgo" not in fam:
+            continue
+        d = fam["dipgo"]
+        for other in ("fewer steps", "DeepCache"):
+            if other not in fam:
+                continue
+            o = fam[other]
+            psnr_ok = d["psnr_vs_full"] > o["psnr_vs_full"]
+            fid_ok = d["fid"] <= o["fid"] * (1 + tol)
+            rows.append({"model": model, "base": base, "budget": budget, "versus": other,
+                         "dipgo_macs_speedup": d["macs_speedup"], "other_macs_speedup": o["macs_speedup"],
+                         "dipgo_psnr": d["psnr_vs_full"], "other_psnr": o["psnr_vs_full"],
+                         "dipgo_fid": d["fid"], "other_fid": o["fid"], "psnr_better": psnr_ok, "fid_ok": fid_ok,
+                         "met": psnr_ok and fid_ok})
+    return rows
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    cfg = report["config"]
+    lines = [f"# Benchmark: dipgo against the alternatives ({cfg['tag']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']}, "
+             f"{m['date']}. {cfg['n']} images per point (balanced digits, seeds "
+             f"{cfg['seed']}..{cfg['seed'] + cfg['n'] - 1}), "
+             f"batch {cfg['batch']}, whole run {report['seconds'] / 60:.1f} min.", "",
+             "MACs: denoiser MACs per image (CFG included) of the blocks that actually ran. Wall: whole pipeline "
+             "per image, median over batches (first batch not timed) [25-75 %]. PSNR/SSIM: against the full model's "
+             "image from the same seed (8-bit). FID: against 5,000 MNIST images (at this n, FID is biased upward; "
+             "compare within a table).", ""]
+    by = {}
+    for r in report["records"]:
+        by.setdefault((r["model"], r["base"]), []).append(r)
+    for (model, base), recs in by.items():
+        lines += [f"## {model}, DDIM-{base}", "",
+                  "| budget | method | MACs speedup | wall speedup | ms/image [IQR] | FID | cond. acc "
+                  "| PSNR (dB) | SSIM |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in recs:
+            lo, hi = r["latency_spread_ms"]
+            budget = "full" if r["family"] == "full" else f"{r['budget']:g}x"
+            lines.append(f"| {budget} | {r['method']} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | "
+                         f"{r['latency_ms']:.1f} [{lo:.1f}-{hi:.1f}] | {r['fid']:.2f} | {100 * r['cond_acc']:.1f} % | "
+                         f"{r['psnr_vs_full']:.2f} | {r['ssim_vs_full']:.3f} |")
+        lines.append("")
+    checks = target_check(report["records"])
+    if checks:
+        met = sum(c["met"] for c in checks)
+        lines += ["## Target check", "",
+                  "dipgo against each baseline at the same budget: PSNR vs full higher, and FID at most 5 % worse.",
+                  f"Met in {met} of {len(checks)} comparisons.", "",
+                  "| model | base | budget | versus | MACs (dipgo / other) | PSNR (dipgo / other) "
+                  "| FID (dipgo / other) | met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in checks:
+            lines.append(f"| {c['model']} | DDIM-{c['base']} | {c['budget']:g}x | {c['versus']} | "
+                         f"{c['dipgo_macs_speedup']:.2f}x / {c['other_macs_speedup']:.2f}x | "
+                         f"{c['dipgo_psnr']:.2f} / {c['other_psnr']:.2f} | "
+                         f"{c['dipgo_fid']:.2f} / {c['other_fid']:.2f} | "
+                         f"{'yes' if c['met'] else 'no'} |")
+        lines.append("")
+    if report.get("searches"):
+        lines += ["Search cost (one search per model and base serves every budget): " + ", ".join(
+            f"{k}: {v['seconds']:.0f} s ({v['iterations']} iterations x {v['batch']} images)"
+            for k, v in report["searches"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict = {}
+    for r in report["records"]:
+        by.setdefault((r["model"], r["base"]), []).append(r)
+    keys = list(by)
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.2 * len(keys), 7.5), squeeze=False)
+    colors = dict(zip(FAMILIES, ("C3", "C0", "C1", "C2", "C4"), strict=True))
+    for col, key in enumerate(keys):
+        recs = by[key]
+        full = next(r for r in recs if r["family"] == "full")
+        for row, (metric, label) in enumerate((("psnr_vs_full", "PSNR vs full (dB)"), ("fid", "FID"))):
+            ax = axes[row][col]
+            for fam in FAMILIES:
+                pts = sorted((r["wall_speedup"], r[metric]) for r in recs if r["family"] == fam)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), "o-", color=colors[fam], label=fam,
+                            lw=2.5 if fam == "dipgo" else 1.2)
+            if metric == "fid":
+                ax.axhline(full["fid"], color="k", ls=":", lw=1, label="full model")
+            ax.set_xlabel("measured wall-clock speedup")
+            ax.set_ylabel(label)
+            ax.set_title(f"{key[0]}, DDIM-{key[1]}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    axes[1][0].legend(fontsize=8)
+    fig.suptitle("Quality against measured wall-clock speedup\n(PSNR: up and right is better; FID: down and right)",
+                 fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_reports(report: dict, out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = report["config"]["tag"]
+    paths = [out / f"{tag}.json", out / f"{tag}.md", out / f"{tag}.png"]
+    with atomic_path(paths[0]) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(markdown(report))
+    pareto_plot(report, paths[2])
+    return paths

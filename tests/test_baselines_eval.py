@@ -1,0 +1,191 @@
+"""Baselines (fewer steps, DeepCache, first-block cache), the measured-MACs probe, `dipgo eval` and the
+bench report, on the zoo models with few steps and few images."""
+
+import json
+
+import pytest
+import torch
+
+from dipgo import evaluation
+from dipgo.adapters import block_graph, resolve_blocks
+from dipgo.api import schedule_from_mask
+from dipgo.baselines import (
+    AppliedSchedule,
+    DeepCache,
+    FewerSteps,
+    FirstBlockCache,
+    Full,
+    deepcache_units,
+    diffusers_fbc_applies,
+    nonuniform_full_steps,
+    parse_method,
+)
+from dipgo.bench import BenchConfig, markdown, target_check
+from dipgo.cli import main
+from dipgo.costs import profile_denoiser
+from dipgo.errors import DipgoError
+from dipgo.evaluation import KEYS, Evaluator
+from dipgo.rollout import set_scheduler
+from dipgo.sampling import capture_denoiser_call, condition_kwargs
+
+
+def _images(pipe, steps=8, labels=(3, 7), guidance=4.0):
+    gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
+    return pipe(**condition_kwargs(pipe, list(labels)), generator=gens, num_inference_steps=steps,
+                guidance_scale=guidance, output_type="pt").images
+
+
+@pytest.mark.parametrize("interval,branch", [(3, 0), (2, 1), (4, 3)])
+def test_deepcache_matches_the_deepcache_package(sd_pipe, interval, branch):
+    DeepCacheSDHelper = pytest.importorskip("DeepCache").DeepCacheSDHelper
+    set_scheduler(sd_pipe, "ddim")
+    helper = DeepCacheSDHelper(pipe=sd_pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=branch)
+    helper.enable()
+    try:
+        theirs = _images(sd_pipe)
+    finally:
+        helper.disable()
+    applied = DeepCache(interval, branch).bind(sd_pipe, 8, 4.0)
+    applied.enable()
+    try:
+        ours = _images(sd_pipe)
+    finally:
+        applied.disable()
+    full = _images(sd_pipe)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    assert (ours - full).abs().max() > 1e-3  # it really skipped something
+    assert applied.schedule.macs < applied.schedule.macs_full
+
+
+def test_deepcache_branch_units_follow_the_package_rule(sd_pipe):
+    unet = sd_pipe.unet
+    graph = block_graph(unet, "fine")
+    # branch 0: nothing of the down path, only the last up layer (which reads conv_in's skip)
+    assert deepcache_units(graph, unet, 0) == {"up_blocks.3.resnets.1", "up_blocks.3.attentions.1"}
+    b1 = deepcache_units(graph, unet, 1)
+    assert {"down_blocks.0.resnets.0", "down_blocks.0.attentions.0"} <= b1
+    assert "down_blocks.0.downsamplers.0" not in b1 and "mid_block.resnets.0" not in b1
+    assert deepcache_units(graph, unet, 0) < b1 < deepcache_units(graph, unet, 3)
+
+
+def test_nonuniform_full_steps_are_dense_around_the_centre():
+    idx = nonuniform_full_steps(50, 10, center=15, power=1.4)
+    assert len(idx) == 10 and idx[0] == 0 and idx == sorted(set(idx)) and max(idx) < 50
+    gaps = [b - a for a, b in zip(idx[:-1], idx[1:], strict=True)]
+    near = min(range(len(idx)), key=lambda i: abs(idx[i] - 15))
+    assert min(gaps) == min(gaps[max(0, near - 1):near + 1])  # smallest gaps next to the centre
+    assert max(gaps) == gaps[-1]  # the far end is sparsest
+    with pytest.raises(DipgoError, match="center"):
+        nonuniform_full_steps(50, 10, center=60)
+
+
+def test_own_first_block_cache_equals_diffusers_on_dit(dit_pipe):
+    set_scheduler(dit_pipe, "ddim")
+    assert diffusers_fbc_applies(dit_pipe.transformer)
+    assert not diffusers_fbc_applies(torch.nn.Linear(2, 2))
+    outs = {}
+    for impl in ("diffusers", "dipgo"):
+        applied = FirstBlockCache(0.3, impl).bind(dit_pipe, 8, 2.0)
+        applied.enable()
+        try:
+            for _ in range(2):  # the second generation must start from a clean state
+                applied.before_generation()
+                outs[impl] = _images(dit_pipe, guidance=2.0)
+        finally:
+            applied.disable()
+    full = _images(dit_pipe, guidance=2.0)
+    torch.testing.assert_close(outs["dipgo"], outs["diffusers"], atol=1e-4, rtol=0)
+    assert (outs["dipgo"] - full).abs().max() > 1e-3
+    with pytest.raises(DipgoError, match="does not apply"):
+        FirstBlockCache(0.1, "diffusers").bind(_FakePipe(), 8)
+
+
+class _FakePipe:
+    transformer = torch.nn.Linear(2, 2)
+
+
+def test_probe_measures_what_ran(sd_pipe):
+    """Measured MACs equal the schedule's own accounting (static), the step ratio (fewer steps), and
+    fall with the first-block-cache threshold (dynamic)."""
+    set_scheduler(sd_pipe, "ddim")
+    ev = Evaluator(sd_pipe, n=2, guidance_scale=4.0, batch=2)
+    try:
+        full = ev.run(Full().bind(sd_pipe, 8, 4.0), progress=False)
+        assert full.macs == pytest.approx(8 * 2 * ev.profile.call_macs)
+        half = ev.run(FewerSteps(4).bind(sd_pipe, 8, 4.0), progress=False)
+        assert half.macs == pytest.approx(full.macs / 2)
+        dc = DeepCache(3, 0).bind(sd_pipe, 8, 4.0)
+        assert ev.run(dc, progress=False).macs == pytest.approx(dc.schedule.macs, rel=1e-6)
+        graph = block_graph(sd_pipe.unet, "coarse")
+        mask = torch.ones(8, len(graph.names))
+        mask[[2, 3, 5, 6, 7], :] = 0
+        mask[4, graph.names.index("up_blocks.0")] = 0
+        args, kwargs = capture_denoiser_call(sd_pipe)
+        profile = profile_denoiser(sd_pipe.unet, resolve_blocks(sd_pipe.unet, graph.names), args, kwargs)
+        schedule = schedule_from_mask(sd_pipe.unet, "DDIMScheduler", 8, graph, profile, mask, cfg=2)
+        pruned = ev.run(AppliedSchedule(sd_pipe, schedule, "mask"), progress=False)
+        assert pruned.macs == pytest.approx(schedule.macs, rel=1e-6)  # whole-call reuse costs nothing
+        loose = ev.run(FirstBlockCache(10.0).bind(sd_pipe, 8, 4.0), progress=False)
+        tight = ev.run(FirstBlockCache(0.0).bind(sd_pipe, 8, 4.0), progress=False)
+        assert tight.macs == pytest.approx(full.macs)
+        torch.testing.assert_close(tight.images, full.images)
+        assert loose.macs < full.macs / 3
+    finally:
+        ev.close()
+
+
+def test_eval_record_has_every_key(sd_pipe, monkeypatch, tmp_path):
+    monkeypatch.setattr(evaluation, "fid_against_mnist", lambda images, progress=False: float(images.mean()))
+    set_scheduler(sd_pipe, "ddim")
+    rec = evaluation.evaluate(sd_pipe, parse_method("steps:3"), 6, n=4, batch=2, progress=False)
+    assert set(KEYS) <= set(rec)
+    assert rec["macs_speedup"] == pytest.approx(2.0)
+    assert rec["n"] == 4 and rec["seed"] == 0 and rec["num_inference_steps"] == 3
+    assert 0 < rec["psnr_vs_full"] < 100 and 0 < rec["ssim_vs_full"] < 1
+    json.dumps(rec)
+
+
+def test_parse_method_and_bad_specs():
+    assert parse_method("steps:10") == FewerSteps(10)
+    assert parse_method("deepcache:5,branch=1,mode=nonuniform") == DeepCache(5, 1, "nonuniform")
+    assert parse_method("fbcache:0.2,impl=dipgo") == FirstBlockCache(0.2, "dipgo")
+    for bad, msg in [("magic:3", "unknown method"), ("deepcache:0", "interval"), ("steps:1,2", "positional"),
+                     ("deepcache:3,mode=sideways", "mode"), ("fbcache:0.1,colour=red", "bad arguments")]:
+        with pytest.raises(DipgoError, match=msg):
+            parse_method(bad)
+
+
+def test_cli_eval_rejects_bad_input(capsys):
+    assert main(["eval", "mnist-sd", "--method", "magic:1"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["eval", "mnist-sd", "--method", "full", "--schedule", "x.json"]) == 2
+    assert main(["bench", "nope-model"]) == 2
+
+
+def test_bench_config_validation():
+    with pytest.raises(DipgoError, match="budgets"):
+        BenchConfig(budgets=[0.5])
+    with pytest.raises(DipgoError, match="families"):
+        BenchConfig(families=["magic"])
+    assert BenchConfig.quick().n < BenchConfig().n
+
+
+def _rec(family, budget, psnr, fid, speed=2.0):
+    return {"model": "m", "base": 20, "family": family, "budget": budget, "method": family, "macs_speedup": speed,
+            "wall_speedup": speed, "latency_ms": 1.0, "latency_spread_ms": [0.9, 1.1], "fid": fid, "cond_acc": 0.99,
+            "psnr_vs_full": psnr, "ssim_vs_full": 0.9}
+
+
+def test_target_check_and_markdown():
+    recs = [_rec("full", 1.0, 100, 10, 1.0), _rec("dipgo", 2.0, 30, 10.4), _rec("fewer steps", 2.0, 28, 10.0),
+            _rec("DeepCache", 2.0, 31, 12.0)]
+    checks = {c["versus"]: c for c in target_check(recs)}
+    assert checks["fewer steps"]["met"]  # better PSNR, FID within 5 %
+    assert not checks["DeepCache"]["met"] and checks["DeepCache"]["fid_ok"]  # worse PSNR
+    recs[1]["fid"] = 11.0
+    assert not {c["versus"]: c for c in target_check(recs)}["fewer steps"]["fid_ok"]
+    report = {"config": {"tag": "t", "n": 8, "seed": 0, "batch": 4}, "seconds": 60, "searches": {},
+              "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x", "date": "today"}, "records": recs}
+    text = markdown(report)
+    assert "## m, DDIM-20" in text and "Met in 0 of 2" in text
