@@ -81,8 +81,14 @@ def main() -> None:
     p.add_argument("--init", default="keep")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--schedule", default=None, help="skip the search and use this schedule")
+    p.add_argument("--wall-only", action="store_true", help="with --schedule: only re-measure the wall clock "
+                   "and update it in the existing result file")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     tag = f"prune-{args.model}-r{args.ratio:g}"
@@ -96,10 +102,12 @@ def main() -> None:
         schedule = dipgo.Schedule.load(args.schedule)
     else:
         cfg = SearchConfig(ratio=args.ratio, num_inference_steps=args.steps, guidance_scale=guidance,
-                           iterations=args.iterations, batch=args.batch, init=args.init)
+                           iterations=args.iterations, batch=args.batch, init=args.init,
+                           grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing])
         search = Search(pipe, cfg, checkpoint_path=out / f"{tag}.search.pt")
         result = search.run(progress=True)
         record["search"] = {"seconds": result.seconds, "iterations": cfg.iterations, "batch": cfg.batch,
+                            "grad_checkpointing": search.checkpointing,
                             "init": cfg.init, "final": result.history[-1]}
         schedule = schedule_at_ratio(result, pipe, args.ratio)
         schedule.save(out / f"{tag}.schedule.json")
@@ -112,6 +120,12 @@ def main() -> None:
     record["wall"] = wall_clock(pipe, schedule, guidance, args.steps, args.repeats)
     record["wall_over_macs_speedup"] = record["wall"]["wall_speedup"] / record["macs_speedup"]
     print(json.dumps(record["wall"], indent=1), flush=True)
+    if args.wall_only:
+        old = json.loads((out / f"{tag}.json").read_text())
+        old.update({k: record[k] for k in ("wall", "wall_over_macs_speedup", "machine")})
+        with atomic_path(out / f"{tag}.json") as tmp:
+            tmp.write_text(json.dumps(old, indent=1))
+        return
 
     labels = balanced_labels(args.n)
     full = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,

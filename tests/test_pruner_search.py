@@ -78,3 +78,28 @@ def test_resume_refuses_a_different_search(sd_pipe, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])          # truncated by a crash
     with pytest.raises(DipgoError, match="corrupt or truncated"):
         Search(sd_pipe, SearchConfig(ratio=0.5, num_inference_steps=4, iterations=1, batch=1), checkpoint_path=ckpt)
+
+
+def test_search_scores_round_trip_and_refuse_other_pipelines(sd_pipe, tmp_path):
+    from dipgo.api import schedule_at_ratio
+    from dipgo.rollout import set_scheduler
+    from dipgo.search import load_result, save_result
+
+    set_scheduler(sd_pipe, "ddim")
+    search = Search(sd_pipe, SearchConfig(ratio=0.5, num_inference_steps=4, iterations=2, batch=1))
+    assert search.checkpointing is False  # auto: a small model searches without gradient checkpointing
+    result = search.run(progress=False)
+    path = save_result(result, tmp_path / "scores.json")
+    back = load_result(path, sd_pipe)
+    torch.testing.assert_close(back.scores, result.scores, atol=1e-6, rtol=0)
+    assert back.graph.names == result.graph.names
+    assert schedule_at_ratio(back, sd_pipe, 0.4).steps == schedule_at_ratio(result, sd_pipe, 0.4).steps
+    set_scheduler(sd_pipe, "pndm")  # 4 PNDM steps make 5 calls: the scores no longer fit
+    try:
+        with pytest.raises(DipgoError, match="calls"):
+            load_result(path, sd_pipe)
+    finally:
+        set_scheduler(sd_pipe, "ddim")
+    path.write_text(path.read_text()[:50])
+    with pytest.raises(DipgoError, match="corrupt"):
+        load_result(path, sd_pipe)
