@@ -187,3 +187,45 @@ def test_fine_granularity_gates_inner_layers(sd_pipe):
         dipgo.remove(sd_pipe)
     assert sched.macs < 0.75 * sched.macs_full
     assert 0 < (pruned - ref).abs().mean() < 0.1
+
+
+def test_two_branches_keep_cond_and_uncond_caches_apart(sd_pipe):
+    """A loop that calls the denoiser separately for cond and uncond (``branches=2``) must give
+    exactly what two separate runs, one per branch, give: the two caches never mix."""
+    from dataclasses import replace
+
+    unet = sd_pipe.unet
+    args, kwargs = capture_denoiser_call(sd_pipe)
+    g = block_graph(unet)
+    prof = profile_denoiser(unet, resolve_blocks(unet, g.names), args, kwargs)
+    per_step = torch.ones(4, len(g.names))
+    per_step[1:, [g.names.index("mid_block"), g.names.index("up_blocks.0"), g.names.index("down_blocks.3")]] = 0
+    single = schedule_from_mask(unet, "DDIMScheduler", 4, g, prof, per_step, cfg=1)
+    double = replace(single, steps=[s for s in single.steps for _ in range(2)], branches=2)
+    gen = torch.Generator().manual_seed(0)
+    xs = {b: [torch.randn(args[0].shape, generator=gen) for _ in range(4)] for b in ("c", "u")}
+    emb = {"c": kwargs["encoder_hidden_states"], "u": torch.randn(kwargs["encoder_hidden_states"].shape, generator=gen)}
+    ts = [900, 600, 300, 100]
+
+    def call(branch, i):
+        return unet(xs[branch][i], ts[i], encoder_hidden_states=emb[branch]).sample
+
+    with torch.no_grad():
+        dipgo.apply(unet, double)
+        try:
+            inter = {"c": [], "u": []}
+            for i in range(4):
+                for b in ("c", "u"):
+                    inter[b].append(call(b, i))
+        finally:
+            dipgo.remove(unet)
+        for b in ("c", "u"):
+            dipgo.apply(unet, single)
+            try:
+                alone = [call(b, i) for i in range(4)]
+            finally:
+                dipgo.remove(unet)
+            for x, y in zip(inter[b], alone, strict=True):
+                torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+        full = [call("u", i) for i in range(4)]
+    assert (full[3] - inter["u"][3]).abs().max() > 1e-4  # blocks really were reused
