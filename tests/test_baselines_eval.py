@@ -189,3 +189,23 @@ def test_target_check_and_markdown():
               "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x", "date": "today"}, "records": recs}
     text = markdown(report)
     assert "## m, DDIM-20" in text and "Met in 0 of 2" in text
+
+
+def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp_path, monkeypatch):
+    from dipgo import bench
+
+    set_scheduler(sd_pipe, "ddim")
+    monkeypatch.setattr(bench, "SEARCH_ITERATIONS", 2)
+    result, info = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["mnist-sd-ddim4-x2-keep.json", "mnist-sd-ddim4-x2-uniform.json"]  # no checkpoints left
+    cons = info["final_consistency"]
+    assert info["init"] == min(cons, key=cons.get) and result.config.init == info["init"]
+    assert result.config.ratio == 0.5 and result.scores.shape == (4, 9)
+
+    def no_search(*a, **k):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(bench, "Search", no_search)
+    again, _ = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False)
+    torch.testing.assert_close(again.scores, result.scores)

@@ -180,8 +180,13 @@ def cmd_bench(args) -> int:
         kw["budgets"] = [float(b) for b in args.budgets.split(",")]
     if args.methods:
         kw["families"] = [m.strip() for m in args.methods.split(",")]
+    if args.search_only:
+        kw["search_only"] = True
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
     report = run_bench(cfg, progress=True)
+    if cfg.search_only:
+        print(json.dumps(report["searches"], indent=1))
+        return 0
     for path in write_reports(report, cfg.out):
         print(f"wrote {path}")
     return 0
@@ -264,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=None)
     bench.add_argument("--batch", type=int, default=None)
     bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
+    bench.add_argument("--search-only", action="store_true", help="only run the missing DiP-GO searches (e.g. one "
+                       "process per model, in parallel, before the timed run)")
     bench.set_defaults(fn=cmd_bench)
     return p
 

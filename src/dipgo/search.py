@@ -103,7 +103,11 @@ def save_result(result: SearchResult, path: str | Path) -> Path:
     data = {"format": "dipgo-search-scores", "version": 1, "blocks": result.graph.names,
             "scores": [[round(float(v), 6) for v in row] for row in result.scores],
             "config": asdict(result.config), "seconds": round(result.seconds, 1),
-            "final": result.history[-1] if result.history else None}
+            "final": result.history[-1] if result.history else None,
+            # mean 1 - SSIM (or L1/L2) of the last 10 iterations, on the search's own random samples:
+            # a fair basis for choosing between searches without looking at evaluation seeds
+            "final_consistency": (sum(h["consistency"] for h in result.history[-10:]) / len(result.history[-10:])
+                                  if result.history else None)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1))
     return path
