@@ -20,7 +20,7 @@ from dipgo.baselines import (
     nonuniform_full_steps,
     parse_method,
 )
-from dipgo.bench import BenchConfig, markdown, target_check
+from dipgo.bench import BenchConfig, floor_table, markdown, target_check
 from dipgo.cli import main
 from dipgo.costs import profile_denoiser
 from dipgo.errors import DipgoError
@@ -189,6 +189,9 @@ def test_target_check_and_markdown():
               "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x", "date": "today"}, "records": recs}
     text = markdown(report)
     assert "## m, DDIM-20" in text and "Met in 0 of 2" in text
+    floor = {f["family"]: f for f in floor_table(recs, 30.0)}
+    assert floor["dipgo"]["wall_speedup"] == 2.0 and floor["fewer steps"]["wall_speedup"] is None
+    assert "none reaches the floor" in text
 
 
 def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp_path, monkeypatch):

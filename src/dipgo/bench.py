@@ -30,12 +30,13 @@ import torch
 
 from .api import schedule_at_ratio
 from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full
+from .costs import count_params
 from .errors import DipgoError
 from .evaluation import Evaluator, compare
 from .fileio import atomic_path
 from .rollout import set_scheduler
 from .search import Search, SearchConfig, load_result, save_result
-from .zoo import ZOO, load_pipeline
+from .zoo import ZOO, denoiser_of, load_pipeline
 
 FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
 # One search per (model, base, budget), from both initialisations (everything kept, as the paper; and
@@ -155,11 +156,13 @@ def machine() -> dict:
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     records: list[dict] = []
     searches: dict = {}
+    params: dict = {}
     t_start = time.perf_counter()
     for model in cfg.models:
         pipe = load_pipeline(model)
         set_scheduler(pipe, "ddim")
         guidance = ZOO[model].guidance_scale
+        params[model] = count_params(denoiser_of(pipe))
         ev = Evaluator(pipe, cfg.n, cfg.seed, guidance, cfg.batch)
         try:
             for base in cfg.bases:
@@ -191,7 +194,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         finally:
             ev.close()
     return {"config": asdict(cfg), "machine": machine(), "seconds": time.perf_counter() - t_start,
-            "searches": searches, "records": records}
+            "searches": searches, "params": params, "records": records}
 
 
 def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result):
@@ -237,6 +240,25 @@ def target_check(records: list[dict], tol: float = 0.05) -> list[dict]:
     return rows
 
 
+def floor_table(records: list[dict], floor: float = 30.0) -> list[dict]:
+    """NTIRE-style: per model, base and method, the fastest measured point that keeps PSNR vs the full
+    model at or above ``floor`` dB (None when no point does)."""
+    rows = []
+    keys = sorted({(r["model"], r["base"]) for r in records}, key=lambda k: (k[0], -k[1]))
+    for model, base in keys:
+        for fam in FAMILIES:
+            pts = [r for r in records if (r["model"], r["base"], r["family"]) == (model, base, fam)]
+            if not pts:
+                continue
+            ok = [r for r in pts if r["psnr_vs_full"] >= floor]
+            best = max(ok, key=lambda r: r["wall_speedup"]) if ok else None
+            rows.append({"model": model, "base": base, "family": fam, "floor_db": floor,
+                         "wall_speedup": best["wall_speedup"] if best else None,
+                         "macs_speedup": best["macs_speedup"] if best else None,
+                         "method": best["method"] if best else None})
+    return rows
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     cfg = report["config"]
@@ -263,6 +285,21 @@ def markdown(report: dict) -> str:
             lines.append(f"| {budget} | {r['method']} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | "
                          f"{r['latency_ms']:.1f} [{lo:.1f}-{hi:.1f}] | {r['fid']:.2f} | {100 * r['cond_acc']:.1f} % | "
                          f"{r['psnr_vs_full']:.2f} | {r['ssim_vs_full']:.3f} |")
+        lines.append("")
+    floor = floor_table(report["records"])
+    if floor:
+        lines += ["## Speed at a quality floor", "",
+                  f"The fastest measured point of each method whose PSNR against the full model stays at or above "
+                  f"{floor[0]['floor_db']:g} dB (NTIRE-style: cost at a stated quality floor). Parameters are "
+                  "unchanged by every method here (all skip computation; none removes weights): "
+                  + ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in report.get("params", {}).items()) + ".", "",
+                  "| model | base | method | best wall speedup | MACs speedup | point |", "|---|---|---|---|---|---|"]
+        for f in floor:
+            if f["wall_speedup"] is None:
+                lines.append(f"| {f['model']} | DDIM-{f['base']} | {f['family']} | none reaches the floor | | |")
+            else:
+                lines.append(f"| {f['model']} | DDIM-{f['base']} | {f['family']} | {f['wall_speedup']:.2f}x | "
+                             f"{f['macs_speedup']:.2f}x | {f['method']} |")
         lines.append("")
     checks = target_check(report["records"])
     if checks:
