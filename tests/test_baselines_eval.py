@@ -20,7 +20,7 @@ from dipgo.baselines import (
     nonuniform_full_steps,
     parse_method,
 )
-from dipgo.bench import BenchConfig, floor_table, markdown, target_check
+from dipgo.bench import BenchConfig, at_macs, floor_table, markdown, target_check
 from dipgo.cli import main
 from dipgo.costs import profile_denoiser
 from dipgo.errors import DipgoError
@@ -116,7 +116,7 @@ def test_probe_measures_what_ran(sd_pipe):
         half = ev.run(FewerSteps(4).bind(sd_pipe, 8, 4.0), progress=False)
         assert half.macs == pytest.approx(full.macs / 2)
         dc = DeepCache(3, 0).bind(sd_pipe, 8, 4.0)
-        assert ev.run(dc, progress=False).macs == pytest.approx(dc.schedule.macs, rel=1e-6)
+        assert ev.run(dc, progress=False).macs == pytest.approx(dc.schedule.macs, rel=1e-9)
         graph = block_graph(sd_pipe.unet, "coarse")
         mask = torch.ones(8, len(graph.names))
         mask[[2, 3, 5, 6, 7], :] = 0
@@ -125,7 +125,7 @@ def test_probe_measures_what_ran(sd_pipe):
         profile = profile_denoiser(sd_pipe.unet, resolve_blocks(sd_pipe.unet, graph.names), args, kwargs)
         schedule = schedule_from_mask(sd_pipe.unet, "DDIMScheduler", 8, graph, profile, mask, cfg=2)
         pruned = ev.run(AppliedSchedule(sd_pipe, schedule, "mask"), progress=False)
-        assert pruned.macs == pytest.approx(schedule.macs, rel=1e-6)  # whole-call reuse costs nothing
+        assert pruned.macs == pytest.approx(schedule.macs, rel=1e-9)  # whole-call reuse costs nothing
         loose = ev.run(FirstBlockCache(10.0).bind(sd_pipe, 8, 4.0), progress=False)
         tight = ev.run(FirstBlockCache(0.0).bind(sd_pipe, 8, 4.0), progress=False)
         assert tight.macs == pytest.approx(full.macs)
@@ -189,6 +189,10 @@ def test_target_check_and_markdown():
               "machine": {"cpu": "cpu", "cores": 2, "threads": 2, "torch": "x", "date": "today"}, "records": recs}
     text = markdown(report)
     assert "## m, DDIM-20" in text and "Met in 0 of 2" in text
+    curve = [_rec("DeepCache", 2.0, 40.0, 10.0, 1.5), _rec("DeepCache", 3.0, 30.0, 20.0, 3.0)]
+    value, inside = at_macs(curve, 4.5 ** 0.5, "psnr_vs_full")  # halfway in log speedup
+    assert inside and value == pytest.approx(35.0)
+    assert at_macs(curve, 4.0, "fid") == (20.0, False)  # beyond the curve: the nearest point, flagged
     floor = {f["family"]: f for f in floor_table(recs, 30.0)}
     assert floor["dipgo"]["wall_speedup"] == 2.0 and floor["fewer steps"]["wall_speedup"] is None
     assert "none reaches the floor" in text
@@ -212,3 +216,27 @@ def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp
     monkeypatch.setattr(bench, "Search", no_search)
     again, _ = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False)
     torch.testing.assert_close(again.scores, result.scores)
+
+
+def test_probe_on_dit_counts_only_blocks_that_ran(dit_pipe):
+    """DiT's final layer calls ``transformer_blocks[0].norm1.emb`` from outside the block, and a call
+    that reuses every block still runs the embeddings and the final layer: the probe must count
+    neither as the block running, and must count the outside work (regression: both were wrong)."""
+    set_scheduler(dit_pipe, "ddim")
+    den = dit_pipe.transformer
+    graph = block_graph(den)
+    args, kwargs = capture_denoiser_call(dit_pipe)
+    profile = profile_denoiser(den, resolve_blocks(den, graph.names), args, kwargs)
+    mask = torch.ones(6, len(graph.names))
+    mask[2:, 0] = 0      # block 0 reused from call 2 on
+    mask[3] = 0          # call 3 reuses every block
+    schedule = schedule_from_mask(den, "DDIMScheduler", 6, graph, profile, mask, cfg=2)
+    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=2)
+    try:
+        run = ev.run(AppliedSchedule(dit_pipe, schedule, "mask"), progress=False)
+        torch.testing.assert_close(ev.probe.mask(), mask)
+        assert run.macs == pytest.approx(schedule.macs, rel=1e-9)
+        fora = DeepCache(3, 0).bind(dit_pipe, 6, 2.0)  # every block reused between full calls
+        assert ev.run(fora, progress=False).macs == pytest.approx(fora.schedule.macs, rel=1e-9)
+    finally:
+        ev.close()

@@ -180,6 +180,13 @@ def cmd_bench(args) -> int:
         kw["budgets"] = [float(b) for b in args.budgets.split(",")]
     if args.methods:
         kw["families"] = [m.strip() for m in args.methods.split(",")]
+    if args.report_only:
+        from pathlib import Path
+
+        report = json.loads(Path(args.report_only).read_text())
+        for path in write_reports(report, Path(args.report_only).parent):
+            print(f"wrote {path}")
+        return 0
     if args.search_only:
         kw["search_only"] = True
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
@@ -271,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
     bench.add_argument("--search-only", action="store_true", help="only run the missing DiP-GO searches (e.g. one "
                        "process per model, in parallel, before the timed run)")
+    bench.add_argument("--report-only", default=None, metavar="JSON",
+                       help="re-write the Markdown table and the plot from a bench JSON without measuring")
     bench.set_defaults(fn=cmd_bench)
     return p
 

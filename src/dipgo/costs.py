@@ -182,26 +182,38 @@ def profile_denoiser(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Modul
     return CostProfile(list(blocks), [counter.by_scope.get(n, 0) for n in blocks], counter.total)
 
 
+OUTSIDE = "<outside blocks>"
+
+
 class ExecutionProbe:
     """Records which blocks really ran in each denoiser call, whatever skipped them.
 
     Caching methods replace a block's ``forward`` (dipgo's hooks, diffusers' FBCache, DeepCache), so a
     hook on the block itself fires either way; a hook on a module *inside* the block fires only when
-    the block computes. The probe picks, per block, the first parameterised leaf that runs in a traced
-    call. MACs of what ran then follow from a :class:`CostProfile` (``generation_macs(probe.mask())``),
-    measured, not assumed, for static and dynamic methods alike.
+    the block computes. The probe picks, per block, the first parameterised leaf that runs inside the
+    block's own call in a traced call, and counts it only while that block is being called: a model
+    may also call a block's submodule from outside (DiT's final layer runs
+    ``transformer_blocks[0].norm1.emb``), which must not count as the block running. MACs of what
+    ran then follow from a :class:`CostProfile` (``generation_macs(probe.mask())``), measured, not
+    assumed, for static and dynamic methods alike.
     """
 
     def __init__(self, denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], args: tuple, kwargs: dict):
         self.names = list(blocks)
         self.rows: list[set[str]] = []
+        self._inside: set[str] = set()
+        self._handles = []
+        for name, block in blocks.items():
+            self._handles.append(block.register_forward_pre_hook(lambda m, a, name=name: self._inside.add(name)))
+            self._handles.append(block.register_forward_hook(lambda m, a, o, name=name: self._inside.discard(name)))
         first: dict[str, torch.nn.Module] = {}
         tracer = []
         for name, block in blocks.items():
             for leaf in block.modules():
                 if not list(leaf.children()) and any(True for _ in leaf.parameters(recurse=False)):
                     def mark(module, inputs, name=name, leaf=leaf):
-                        first.setdefault(name, leaf)
+                        if name in self._inside:
+                            first.setdefault(name, leaf)
                     tracer.append(leaf.register_forward_pre_hook(mark))
         try:
             with torch.no_grad():
@@ -209,17 +221,36 @@ class ExecutionProbe:
         finally:
             for h in tracer:
                 h.remove()
+            self._inside.clear()
         missing = [n for n in self.names if n not in first]
         if missing:
+            self.remove()
             raise RuntimeError(f"blocks {missing} ran no parameterised layer in a traced call; cannot probe them")
-        self._handles = [denoiser.register_forward_pre_hook(lambda m, a: self.rows.append(set()))]
+        # The work outside the blocks (conv_in, embeddings, conv_out...) is probed the same way, by a
+        # parameterised leaf outside every block: a call the runtime skips as a whole runs none of it.
+        inner = {id(m) for b in blocks.values() for m in b.modules()}
+        outside = [m for m in denoiser.modules() if id(m) not in inner and not list(m.children())
+                   and any(True for _ in m.parameters(recurse=False))]
+        self._handles.append(denoiser.register_forward_pre_hook(lambda m, a: self.rows.append(set())))
         for name, leaf in first.items():
-            self._handles.append(leaf.register_forward_pre_hook(
-                lambda m, a, name=name: self.rows[-1].add(name) if self.rows else None))
+            self._handles.append(leaf.register_forward_pre_hook(lambda m, a, name=name: self._seen(name)))
+        if outside:
+            self._handles.append(outside[0].register_forward_pre_hook(lambda m, a: self._seen(OUTSIDE)))
+
+    def _seen(self, name: str) -> None:
+        if self.rows and (name == OUTSIDE or name in self._inside):
+            self.rows[-1].add(name)
 
     def mask(self) -> torch.Tensor:
         """(calls seen since the last ``clear``, blocks) 0/1: which blocks ran in each call."""
         return torch.tensor([[1.0 if n in row else 0.0 for n in self.names] for row in self.rows])
+
+    def macs(self, profile: CostProfile, cfg: int = 1) -> float:
+        """MACs of the calls seen since ``clear``: per call, the blocks that ran plus the outside work
+        when it ran (batch 1, times ``cfg`` for a CFG-doubled batch)."""
+        block = torch.tensor(profile.block_macs, dtype=torch.float64)
+        ran_outside = sum(1 for row in self.rows if OUTSIDE in row)
+        return cfg * (ran_outside * profile.outside_macs + float((self.mask().double() @ block).sum()))
 
     def clear(self) -> None:
         self.rows.clear()

@@ -69,8 +69,9 @@ class Evaluator:
     def close(self) -> None:
         self.probe.remove()
 
-    def macs_of(self, mask: torch.Tensor) -> float:
-        return float(self.profile.generation_macs(mask, self.cfg, skip_empty_calls=True))
+    def full_macs(self, num_inference_steps: int) -> float:
+        """MACs per image of the full model (every call runs everything), for budgets and checks."""
+        return float(self.cfg * num_inference_steps * self.profile.call_macs)
 
     @torch.no_grad()
     def run(self, applied, progress: bool = True, n: int | None = None, seed: int | None = None) -> Run:
@@ -91,7 +92,7 @@ class Evaluator:
                 out = self.pipe(**condition_kwargs(self.pipe, chunk), generator=gens, output_type="pt",
                                 num_inference_steps=applied.num_inference_steps, guidance_scale=self.guidance)
                 times.append((time.perf_counter() - t0) * 1000 / len(chunk))
-                macs.append((self.macs_of(self.probe.mask()), len(chunk)))
+                macs.append((self.probe.macs(self.profile, self.cfg), len(chunk)))
                 images.append(out.images.float().cpu())
         finally:
             applied.disable()
