@@ -283,6 +283,8 @@ def markdown(report: dict) -> str:
              "per image, median over batches (first batch not timed) [25-75 %]. PSNR/SSIM: against the full model's "
              "image from the same seed (8-bit). FID: against 5,000 MNIST images (at this n, FID is biased upward; "
              "compare within a table).", ""]
+    for c in report.get("corrections", []):
+        lines += [f"Correction: {c['what']}.", ""]
     by = {}
     for r in report["records"]:
         by.setdefault((r["model"], r["base"]), []).append(r)
