@@ -159,6 +159,14 @@ def deepcache_units(graph: BlockGraph, model: torch.nn.Module, branch: int) -> s
     return keep
 
 
+def fine_profile(pipe):
+    """MACs of one denoiser call split over the fine graph's units (DeepCache's accounting)."""
+    denoiser = denoiser_of(pipe)
+    graph = block_graph(denoiser, "fine")
+    args, kwargs = capture_denoiser_call(pipe)
+    return profile_denoiser(denoiser, resolve_blocks(denoiser, graph.names), args, kwargs)
+
+
 @dataclass(frozen=True)
 class DeepCache:
     """Full call every ``interval`` steps (or at non-uniformly spaced steps); the others compute only
@@ -184,7 +192,9 @@ class DeepCache:
         center = self.center if self.center is not None else round(0.3 * steps)
         return nonuniform_full_steps(steps, math.ceil(steps / self.interval), center, self.power)
 
-    def bind(self, pipe, num_inference_steps: int, guidance_scale: float = 1.0) -> Applied:
+    def bind(self, pipe, num_inference_steps: int, guidance_scale: float = 1.0, profile=None) -> Applied:
+        """``profile``: the fine graph's cost profile, when the caller binds many intervals (it is the
+        same for all of them and costs a traced, counted denoiser call)."""
         from .api import schedule_from_mask
 
         denoiser = denoiser_of(pipe)
@@ -195,8 +205,7 @@ class DeepCache:
         keep = deepcache_units(graph, denoiser, self.branch)
         mask = torch.tensor([[1.0 if n in keep else 0.0 for n in graph.names]] * num_inference_steps)
         mask[self.full_steps(num_inference_steps)] = 1.0
-        args, kwargs = capture_denoiser_call(pipe)
-        profile = profile_denoiser(denoiser, resolve_blocks(denoiser, graph.names), args, kwargs)
+        profile = profile or fine_profile(pipe)
         cfg = 2 if guidance_scale > 1 else 1
         schedule = schedule_from_mask(denoiser, type(pipe.scheduler).__name__, num_inference_steps, graph,
                                       profile, mask, cfg, meta={"method": self.label()})

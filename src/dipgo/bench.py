@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .api import schedule_at_ratio
-from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full
+from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
 from .costs import count_params
 from .errors import DipgoError
 from .evaluation import Evaluator, compare
@@ -118,7 +118,8 @@ def _closest(candidates: list, budget: float, speedup) -> object:
 
 def deepcache_for_budget(pipe, steps: int, guidance: float, budget: float, mode: str):
     """The DeepCache interval (branch 0) whose schedule's MACs speedup is closest to ``budget``."""
-    options = [DeepCache(n, 0, mode).bind(pipe, steps, guidance) for n in range(2, steps + 1)]
+    profile = fine_profile(pipe)  # once, not once per interval
+    options = [DeepCache(n, 0, mode).bind(pipe, steps, guidance, profile) for n in range(2, steps + 1)]
     return _closest(options, budget, lambda a: a.schedule.macs_full / a.schedule.macs)
 
 
