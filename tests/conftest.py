@@ -8,13 +8,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def sd_pipe():
-    from dipgo.zoo import load_pipeline
+    from dipgo import zoo
 
-    return load_pipeline("mnist-sd")
+    return zoo.load("mnist-sd")[0]
 
 
 @pytest.fixture(scope="session")
 def dit_pipe():
-    from dipgo.zoo import load_pipeline
+    from dipgo import zoo
 
-    return load_pipeline("mnist-dit")
+    return zoo.load("mnist-dit")[0]
+

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dipgo.adapters import block_graph, effective_keep
-from dipgo.costs import CostProfile
+from dipgo.cache.postprocess import pruned_ratio, threshold_for_ratio
 from dipgo.errors import DipgoError
-from dipgo.postprocess import pruned_ratio, threshold_for_ratio
+from dipgo.models.adapters import block_graph, effective_keep
+from dipgo.models.costs import CostProfile
 
 
 def test_unet_graph_and_cascade(sd_pipe):

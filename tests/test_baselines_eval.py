@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
+from helpers import digits, make_schedule
 
-from dipgo import evaluation
-from dipgo.adapters import block_graph, resolve_blocks
-from dipgo.api import schedule_from_mask
-from dipgo.baselines import (
+from dipgo.cli import main
+from dipgo.errors import DipgoError
+from dipgo.evaluate import evaluation
+from dipgo.evaluate.baselines import (
     AppliedSchedule,
     DeepCache,
     FewerSteps,
@@ -20,19 +21,16 @@ from dipgo.baselines import (
     nonuniform_full_steps,
     parse_method,
 )
-from dipgo.bench import BenchConfig, at_macs, floor_table, markdown, target_check
-from dipgo.cli import main
-from dipgo.costs import profile_denoiser
-from dipgo.errors import DipgoError
-from dipgo.evaluation import KEYS, Evaluator
-from dipgo.rollout import set_scheduler
-from dipgo.sampling import capture_denoiser_call, condition_kwargs
+from dipgo.evaluate.bench import BenchConfig, at_macs, floor_table, markdown, target_check
+from dipgo.evaluate.evaluation import KEYS, Evaluator
+from dipgo.models.adapters import block_graph, resolve_blocks
+from dipgo.models.costs import profile_denoiser
+from dipgo.models.pipelines import call_kwargs, capture_denoiser_call, set_scheduler
 
 
 def _images(pipe, steps=8, labels=(3, 7), guidance=4.0):
     gens = [torch.Generator().manual_seed(i) for i in range(len(labels))]
-    return pipe(**condition_kwargs(pipe, list(labels)), generator=gens, num_inference_steps=steps,
-                guidance_scale=guidance, output_type="pt").images
+    return pipe(**call_kwargs(pipe, digits(pipe), list(labels), gens, steps, guidance, output_type="pt")).images
 
 
 @pytest.mark.parametrize("interval,branch", [(3, 0), (2, 1), (4, 3)])
@@ -109,7 +107,7 @@ def test_probe_measures_what_ran(sd_pipe):
     """Measured MACs equal the schedule's own accounting (static), the step ratio (fewer steps), and
     fall with the first-block-cache threshold (dynamic)."""
     set_scheduler(sd_pipe, "ddim")
-    ev = Evaluator(sd_pipe, n=2, guidance_scale=4.0, batch=2)
+    ev = Evaluator(sd_pipe, n=2, guidance_scale=4.0, batch=2, calibration=digits(sd_pipe))
     try:
         full = ev.run(Full().bind(sd_pipe, 8, 4.0), progress=False)
         assert full.macs == pytest.approx(8 * 2 * ev.profile.call_macs)
@@ -123,7 +121,7 @@ def test_probe_measures_what_ran(sd_pipe):
         mask[4, graph.names.index("up_blocks.0")] = 0
         args, kwargs = capture_denoiser_call(sd_pipe)
         profile = profile_denoiser(sd_pipe.unet, resolve_blocks(sd_pipe.unet, graph.names), args, kwargs)
-        schedule = schedule_from_mask(sd_pipe.unet, "DDIMScheduler", 8, graph, profile, mask, cfg=2)
+        schedule = make_schedule(sd_pipe.unet, "DDIMScheduler", 8, graph, profile, mask, cfg=2)
         pruned = ev.run(AppliedSchedule(sd_pipe, schedule, "mask"), progress=False)
         assert pruned.macs == pytest.approx(schedule.macs, rel=1e-9)  # whole-call reuse costs nothing
         loose = ev.run(FirstBlockCache(10.0).bind(sd_pipe, 8, 4.0), progress=False)
@@ -136,9 +134,11 @@ def test_probe_measures_what_ran(sd_pipe):
 
 
 def test_eval_record_has_every_key(sd_pipe, monkeypatch, tmp_path):
-    monkeypatch.setattr(evaluation, "fid_against_mnist", lambda images, progress=False: float(images.mean()))
+    judge = evaluation.Judge(classify=lambda images: torch.zeros(len(images), dtype=torch.long))
+    monkeypatch.setattr(judge, "fid", lambda images, progress=False: float(images.mean()))
     set_scheduler(sd_pipe, "ddim")
-    rec = evaluation.evaluate(sd_pipe, parse_method("steps:3"), 6, n=4, batch=2, progress=False)
+    rec = evaluation.evaluate(sd_pipe, parse_method("steps:3"), 6, n=4, batch=2, progress=False,
+                              calibration=digits(sd_pipe), judge=judge)
     assert set(KEYS) <= set(rec)
     assert rec["macs_speedup"] == pytest.approx(2.0)
     assert rec["n"] == 4 and rec["seed"] == 0 and rec["num_inference_steps"] == 3
@@ -199,11 +199,12 @@ def test_target_check_and_markdown():
 
 
 def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp_path, monkeypatch):
-    from dipgo import bench
+    from dipgo.evaluate import bench
 
     set_scheduler(sd_pipe, "ddim")
     monkeypatch.setattr(bench, "SEARCH_ITERATIONS", 2)
-    result, info = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False)
+    result, info = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False,
+                                            calibration=digits(sd_pipe))
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["mnist-sd-ddim4-x2-keep.json", "mnist-sd-ddim4-x2-uniform.json"]  # no checkpoints left
     cons = info["final_consistency"]
@@ -214,7 +215,8 @@ def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp
         raise AssertionError("searched again")
 
     monkeypatch.setattr(bench, "Search", no_search)
-    again, _ = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False)
+    again, _ = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False,
+                                       calibration=digits(sd_pipe))
     torch.testing.assert_close(again.scores, result.scores)
 
 
@@ -230,8 +232,8 @@ def test_probe_on_dit_counts_only_blocks_that_ran(dit_pipe):
     mask = torch.ones(6, len(graph.names))
     mask[2:, 0] = 0      # block 0 reused from call 2 on
     mask[3] = 0          # call 3 reuses every block
-    schedule = schedule_from_mask(den, "DDIMScheduler", 6, graph, profile, mask, cfg=2)
-    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=2)
+    schedule = make_schedule(den, "DDIMScheduler", 6, graph, profile, mask, cfg=2)
+    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=2, calibration=digits(dit_pipe))
     try:
         run = ev.run(AppliedSchedule(dit_pipe, schedule, "mask"), progress=False)
         torch.testing.assert_close(ev.probe.mask(), mask)

@@ -30,7 +30,7 @@ def test_sample_writes_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["sample", "mnist-dit", "--n", "4", "--steps", "3", "--out", str(out)]) == 0
     img = Image.open(out)
-    assert img.size == (4 * 34 + 2, 34 + 2)
+    assert img.size == (4 * (96 + 2) + 2, 96 + 2 + 2)  # 32-px digits shown at 3x
 
 
 @pytest.mark.parametrize("argv,needle", [

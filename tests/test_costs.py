@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dipgo.costs import count_macs, count_params, measure_latency
+from dipgo.models.costs import count_macs, count_params, measure_latency
 
 
 class Tiny(nn.Module):

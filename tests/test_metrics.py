@@ -5,15 +5,14 @@ import math
 import numpy as np
 import torch
 
-from dipgo.data import load_mnist
-from dipgo.metrics import (
-    classify_digits,
+from dipgo.evaluate.metrics import (
     feature_stats,
     frechet_distance,
     inception_features,
     psnr,
     ssim,
 )
+from dipgo.zoo.mnist import classify_digits, load_mnist
 
 
 def test_psnr_identical_is_capped_and_known_value():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from dipgo.cache.pruner import Pruner, straight_through
+from dipgo.cache.search import Search, SearchConfig
 from dipgo.errors import DipgoError
-from dipgo.pruner import Pruner, straight_through
-from dipgo.search import Search, SearchConfig
 
 
 def test_pruner_starts_at_keep_everything():
@@ -81,9 +81,9 @@ def test_resume_refuses_a_different_search(sd_pipe, tmp_path):
 
 
 def test_search_scores_round_trip_and_refuse_other_pipelines(sd_pipe, tmp_path):
-    from dipgo.api import schedule_at_ratio
-    from dipgo.rollout import set_scheduler
-    from dipgo.search import load_result, save_result
+    from dipgo.cache.postprocess import schedule_at_ratio
+    from dipgo.cache.search import load_result, save_result
+    from dipgo.models.pipelines import set_scheduler
 
     set_scheduler(sd_pipe, "ddim")
     search = Search(sd_pipe, SearchConfig(ratio=0.5, num_inference_steps=4, iterations=2, batch=1))
@@ -93,7 +93,7 @@ def test_search_scores_round_trip_and_refuse_other_pipelines(sd_pipe, tmp_path):
     back = load_result(path, sd_pipe)
     torch.testing.assert_close(back.scores, result.scores, atol=1e-6, rtol=0)
     assert back.graph.names == result.graph.names
-    assert schedule_at_ratio(back, sd_pipe, 0.4).steps == schedule_at_ratio(result, sd_pipe, 0.4).steps
+    assert schedule_at_ratio(back, 0.4).steps == schedule_at_ratio(result, 0.4).steps
     set_scheduler(sd_pipe, "pndm")  # 4 PNDM steps make 5 calls: the scores no longer fit
     try:
         with pytest.raises(DipgoError, match="calls"):

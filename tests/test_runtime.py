@@ -2,16 +2,16 @@
 
 import pytest
 import torch
+from helpers import digits, generate_digits, make_schedule
 
 import dipgo
-from dipgo.adapters import block_graph, resolve_blocks
-from dipgo.api import schedule_from_mask
-from dipgo.costs import profile_denoiser
+from dipgo.cache.driver import PipelineSampler
+from dipgo.cache.schedule import ScheduleError
+from dipgo.cache.search import uniform_mask
 from dipgo.errors import DipgoError
-from dipgo.rollout import num_calls, rollout, set_scheduler
-from dipgo.sampling import capture_denoiser_call, generate
-from dipgo.schedule import ScheduleError
-from dipgo.search import uniform_mask
+from dipgo.models.adapters import block_graph, resolve_blocks
+from dipgo.models.costs import profile_denoiser
+from dipgo.models.pipelines import capture_denoiser_call, num_calls, set_scheduler
 
 STEPS = 8
 
@@ -20,19 +20,21 @@ def schedule_for(pipe, mask):
     den = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
     g = block_graph(den)
     prof = profile_denoiser(den, resolve_blocks(den, g.names), *capture_denoiser_call(pipe))
-    return schedule_from_mask(den, type(pipe.scheduler).__name__, STEPS, g, prof, mask)
+    return make_schedule(den, type(pipe.scheduler).__name__, STEPS, g, prof, mask)
 
 
 def run(pipe, labels=(3, 7), seed=1, steps=STEPS):
-    return generate(pipe, list(labels), seed=seed, num_inference_steps=steps, guidance_scale=3.0)
+    return generate_digits(pipe, labels, seed=seed, num_inference_steps=steps, guidance_scale=3.0)
 
 
 @pytest.mark.parametrize("fixture", ["sd_pipe", "dit_pipe"])
-def test_rollout_reproduces_the_pipeline(fixture, request):
+def test_sampler_reproduces_the_pipeline(fixture, request):
+    """The search's sampler runs the pipeline's own __call__ and stops at the decoded images: the same images."""
     pipe = request.getfixturevalue(fixture)
     ref = run(pipe)
     with torch.no_grad():
-        mine = rollout(pipe, [3, 7], [torch.Generator().manual_seed(1 + i) for i in range(2)], STEPS, 3.0)
+        mine = PipelineSampler(pipe, digits(pipe), STEPS, 3.0)([3, 7], [torch.Generator().manual_seed(1 + i)
+                                                                         for i in range(2)])
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
 
 
@@ -133,7 +135,7 @@ def test_other_schedulers(sd_pipe, name, calls):
 
 
 def test_custom_module_with_named_blocks():
-    from dipgo.runtime import attach, detach
+    from dipgo.cache.runtime import attach, detach
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -147,7 +149,7 @@ def test_custom_module_with_named_blocks():
     blocks = resolve_blocks(net, ["a", "b"])
     calls = []
     net.b[0].register_forward_hook(lambda m, i, o: calls.append(1))  # runs only when b computes
-    from dipgo.schedule import Schedule, config_hash
+    from dipgo.cache.schedule import Schedule, config_hash
     sched = Schedule("Net", config_hash(net), ["a", "b"], 3, "X", [["a", "b"], ["a"], ["a", "b"]])
     attach(net, blocks, {}, sched)
     x = torch.randn(2, 4)
@@ -168,7 +170,7 @@ def test_fine_granularity_gates_inner_layers(sd_pipe):
     prof = profile_denoiser(den, resolve_blocks(den, g.names), *capture_denoiser_call(sd_pipe))
     assert all(m > 0 for m in prof.block_macs)
     ref = run(sd_pipe)
-    full = schedule_from_mask(den, "DDIMScheduler", STEPS, g, prof, torch.ones(STEPS, 30))
+    full = make_schedule(den, "DDIMScheduler", STEPS, g, prof, torch.ones(STEPS, 30))
     dipgo.apply(sd_pipe, full)
     try:
         torch.testing.assert_close(run(sd_pipe), ref, atol=1e-6, rtol=0)
@@ -176,10 +178,10 @@ def test_fine_granularity_gates_inner_layers(sd_pipe):
         dipgo.remove(sd_pipe)
     mask = torch.ones(STEPS, 30)
     mask[1::2, g.names.index("up_blocks.2.attentions.1")] = 0   # a DeepCache-like shallow branch on odd calls
-    from dipgo.adapters import effective_keep
+    from dipgo.models.adapters import effective_keep
     mask = effective_keep(mask, g)
     assert mask[1, g.names.index("mid_block.attentions.0")] == 0 and mask[1, g.names.index("up_blocks.3.resnets.0")]
-    sched = schedule_from_mask(den, "DDIMScheduler", STEPS, g, prof, mask)
+    sched = make_schedule(den, "DDIMScheduler", STEPS, g, prof, mask)
     dipgo.apply(sd_pipe, sched)
     try:
         pruned = run(sd_pipe)
@@ -200,7 +202,7 @@ def test_two_branches_keep_cond_and_uncond_caches_apart(sd_pipe):
     prof = profile_denoiser(unet, resolve_blocks(unet, g.names), args, kwargs)
     per_step = torch.ones(4, len(g.names))
     per_step[1:, [g.names.index("mid_block"), g.names.index("up_blocks.0"), g.names.index("down_blocks.3")]] = 0
-    single = schedule_from_mask(unet, "DDIMScheduler", 4, g, prof, per_step, cfg=1)
+    single = make_schedule(unet, "DDIMScheduler", 4, g, prof, per_step, cfg=1)
     double = replace(single, steps=[s for s in single.steps for _ in range(2)], branches=2)
     gen = torch.Generator().manual_seed(0)
     xs = {b: [torch.randn(args[0].shape, generator=gen) for _ in range(4)] for b in ("c", "u")}

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dipgo.schedule import Schedule, ScheduleError, config_hash
+from dipgo.cache.schedule import Schedule, ScheduleError, config_hash
 
 
 def make(**kw) -> Schedule:

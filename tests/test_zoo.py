@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import generate_digits
 
 from dipgo.errors import ModelNotFoundError
-from dipgo.sampling import balanced_labels, generate
-from dipgo.zoo import ZOO, resolve, zoo_root
+from dipgo.zoo import resolve, zoo_names, zoo_root
 
 
 @pytest.mark.parametrize("name,pipeline,denoiser", [
@@ -47,10 +47,10 @@ def test_dit_labels(dit_pipe):
 @pytest.mark.parametrize("fixture", ["sd_pipe", "dit_pipe"])
 def test_short_sampling_shape_range_and_determinism(fixture, request):
     pipe = request.getfixturevalue(fixture)
-    labels = balanced_labels(3)
-    a = generate(pipe, labels, seed=7, num_inference_steps=4, guidance_scale=3.0, batch_size=2)
-    b = generate(pipe, labels, seed=7, num_inference_steps=4, guidance_scale=3.0, batch_size=3)
-    c = generate(pipe, labels, seed=8, num_inference_steps=4, guidance_scale=3.0, batch_size=3)
+    labels = [0, 1, 2]
+    a = generate_digits(pipe, labels, seed=7, num_inference_steps=4, guidance_scale=3.0, batch_size=2)
+    b = generate_digits(pipe, labels, seed=7, num_inference_steps=4, guidance_scale=3.0, batch_size=3)
+    c = generate_digits(pipe, labels, seed=8, num_inference_steps=4, guidance_scale=3.0, batch_size=3)
     assert a.shape == (3, 1, 32, 32)
     assert a.min() >= 0 and a.max() <= 1 and a.std() > 0.05
     # same seeds -> same images, whatever the batching; another seed -> other images
@@ -75,6 +75,16 @@ def test_missing_and_invalid_folders(tmp_path: Path):
 
 
 def test_zoo_names_and_hub_ids_resolve():
-    assert resolve("mnist-sd").endswith("mnist-sd")
-    assert resolve("some-org/some-model") == "some-org/some-model"
-    assert set(ZOO) == {"mnist-sd", "mnist-dit"}
+    assert resolve("mnist-sd").target.endswith("mnist-sd")
+    assert resolve("some-org/some-model").target == "some-org/some-model"
+    assert set(zoo_names()) == {"mnist-sd", "mnist-dit"}
+
+
+def test_zoo_cards_hold_the_domain_knowledge():
+    """The zoo's prompts / labels / guidance / FID reference come from its dipgo.json, not from library code."""
+    sd, dit = resolve("mnist-sd"), resolve("mnist-dit")
+    assert sd.defaults == {"prompts": [f"a handwritten digit {d}" for d in range(10)]}
+    assert dit.defaults == {"class_labels": list(range(10))}
+    assert sd.guidance_scale == 4.0 and dit.guidance_scale == 2.0
+    assert sd.fid_reference is not None and sd.fid_reference.is_file()
+    assert sd.classifier() is not None

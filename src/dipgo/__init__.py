@@ -1,16 +1,21 @@
 """dipgo: make pretrained diffusion models cheaper to sample from (DiP-GO skip schedules).
 
     import dipgo
-    schedule = dipgo.prune(pipe, ratio=0.8)   # learn which (step, block) pairs can reuse their cache
-    dipgo.apply(pipe, schedule)               # attach it: skipped blocks do no work
-    dipgo.remove(pipe)                        # detach it
+    schedule = dipgo.prune(pipe, ratio=0.8, prompts=[...])   # learn which (step, block) pairs can reuse their cache
+    dipgo.apply(pipe, schedule)                               # attach it: skipped blocks do no work
+    dipgo.remove(pipe)                                        # detach it
+
+Layout (imports run one way, down): ``api``/``cli`` -> ``evaluate`` -> ``zoo`` -> ``cache`` (DiP-GO)
+-> ``models`` (adapters, costs, pipeline helpers every method shares) -> ``errors``/``fileio``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .api import apply, is_applied, prune, remove, schedule_at_ratio, summary  # noqa: E402
+from .api import apply, is_applied, prune, remove, summary  # noqa: E402
+from .cache.postprocess import schedule_at_ratio  # noqa: E402
+from .cache.schedule import Schedule, ScheduleError  # noqa: E402
 from .errors import DipgoError  # noqa: E402
-from .schedule import Schedule, ScheduleError  # noqa: E402
+from .models.calibration import Calibration  # noqa: E402
 
 __all__ = ["apply", "remove", "summary", "prune", "is_applied", "schedule_at_ratio", "Schedule",
-           "ScheduleError", "DipgoError"]
+           "ScheduleError", "DipgoError", "Calibration"]

@@ -16,7 +16,6 @@ import sys
 
 from . import __version__
 from .errors import DipgoError
-from .zoo import zoo_entry
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -27,7 +26,7 @@ def _fmt(n: float, unit: str = "") -> str:
 
 
 def cmd_info(args) -> int:
-    from .report import model_info
+    from .evaluate.report import model_info
 
     info = model_info(args.model, runs=args.runs)
     if args.json:
@@ -47,37 +46,56 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _guidance(args) -> float:
-    entry = zoo_entry(args.model)
-    return args.guidance if args.guidance is not None else (entry.guidance_scale if entry else 4.0)
+def _guidance(args, source) -> float | None:
+    return args.guidance if args.guidance is not None else source.guidance_scale
+
+
+def _load(args):
+    """The pipeline, its source (zoo card), and the calibration inputs from --prompts / --class-labels."""
+    from . import zoo
+    from .models.calibration import parse_class_labels, read_prompts
+    from .models.pipelines import default_calibration
+
+    prompts = read_prompts(args.prompts) if getattr(args, "prompts", None) else None
+    labels = parse_class_labels(args.class_labels) if getattr(args, "class_labels", None) else None
+    pipe, source = zoo.load(args.model)
+    calibration = default_calibration(pipe, prompts, labels, source.defaults)
+    return pipe, source, calibration
 
 
 def cmd_prune(args) -> int:
     from pathlib import Path
 
-    from .api import schedule_at_ratio
-    from .rollout import set_scheduler
-    from .search import Search, SearchConfig
-    from .zoo import load_pipeline
+    from .cache.postprocess import schedule_at_ratio
+    from .cache.search import Search, SearchConfig
+    from .models.pipelines import set_scheduler
 
     ratios = [float(r) for r in str(args.ratio).split(",")]
-    config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args),
+    for r in ratios:  # validated before anything is loaded
+        SearchConfig(ratio=r)
+    pipe, source, calibration = _load(args)
+    config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
                           init=args.init, seed=args.seed, granularity=args.granularity,
                           grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing])
-    # (SearchConfig validates ratio, loss, ... before anything is loaded)
-    for r in ratios:
-        SearchConfig(ratio=r)
-    pipe = load_pipeline(args.model)
     set_scheduler(pipe, args.scheduler)
+    if calibration.generic:
+        print(f"calibrating on dipgo's {len(calibration.items)} built-in generic prompts "
+              "(pass --prompts FILE, one prompt per line, to use your own)")
+    elif calibration.kind == "none":
+        print("unconditional model: no calibration inputs needed")
+    else:
+        what = "prompts" if calibration.kind == "prompt" else "class labels"
+        print(f"calibrating on {len(calibration.items)} {what}")
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".search.pt")
-    search = Search(pipe, config, checkpoint_path=ckpt, blocks=args.blocks.split(",") if args.blocks else None)
+    search = Search(pipe, config, checkpoint_path=ckpt, blocks=args.blocks.split(",") if args.blocks else None,
+                    calibration=calibration)
     if search.iteration:
         print(f"resuming the search from {ckpt} at iteration {search.iteration}/{config.iterations}")
     result = search.run(progress=True)
     for r in ratios:
-        schedule = schedule_at_ratio(result, pipe, r)
+        schedule = schedule_at_ratio(result, r)
         path = out if len(ratios) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
         schedule.save(path)
         print(schedule.summary())
@@ -86,7 +104,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .schedule import Schedule
+    from .cache.schedule import Schedule
 
     print(Schedule.load(args.schedule).summary())
     return 0
@@ -94,22 +112,24 @@ def cmd_show(args) -> int:
 
 def cmd_sample(args) -> int:
     from . import api
-    from .rollout import set_scheduler
-    from .sampling import balanced_labels, generate, labelled_rows, make_grid, save_image
-    from .schedule import Schedule
-    from .zoo import load_pipeline
+    from .cache.schedule import Schedule
+    from .models.images import labelled_rows, make_grid, save_image
+    from .models.pipelines import generate, set_scheduler
 
-    pipe = load_pipeline(args.model)
-    guidance = _guidance(args)
-    labels = balanced_labels(args.n) if args.label is None else [args.label] * args.n
+    pipe, source, calibration = _load(args)
+    guidance = _guidance(args, source)
+    if args.label is not None and not 0 <= args.label < len(calibration):
+        raise DipgoError(f"--label {args.label} out of range: this model has {len(calibration)} conditions "
+                         f"(0..{len(calibration) - 1})")
+    conditions = calibration.cycle(args.n) if args.label is None else [args.label] * args.n
     schedule = Schedule.load(args.schedule) if args.schedule else None
     steps = args.steps if args.steps is not None else (schedule.num_inference_steps if schedule else 50)
     if schedule is not None and type(pipe.scheduler).__name__ != schedule.scheduler:
         set_scheduler(pipe, schedule.scheduler)
 
     def run(desc):
-        return generate(pipe, labels, seed=args.seed, num_inference_steps=steps, guidance_scale=guidance,
-                        batch_size=args.batch, progress=True, desc=desc)
+        return generate(pipe, calibration, conditions, seed=args.seed, num_inference_steps=steps,
+                        guidance_scale=guidance, batch_size=args.batch, progress=True, desc=desc)
 
     nrow = min(10, args.n)
     if schedule is None:
@@ -133,12 +153,11 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from pathlib import Path
 
-    from .baselines import FromSchedule, parse_method
-    from .evaluation import evaluate
+    from .cache.schedule import Schedule
+    from .evaluate.baselines import FromSchedule, parse_method
+    from .evaluate.evaluation import Judge, evaluate
     from .fileio import atomic_path
-    from .rollout import set_scheduler
-    from .schedule import Schedule
-    from .zoo import load_pipeline
+    from .models.pipelines import set_scheduler
 
     if args.schedule and args.method:
         raise DipgoError("give --schedule FILE or --method SPEC, not both")
@@ -148,14 +167,15 @@ def cmd_eval(args) -> int:
     if args.schedule:
         schedule = Schedule.load(args.schedule)
         steps = steps if steps is not None else schedule.num_inference_steps
-    pipe = load_pipeline(args.model)
+    pipe, source, calibration = _load(args)
     if args.schedule and scheduler is None:
         if type(pipe.scheduler).__name__ != schedule.scheduler:
             set_scheduler(pipe, schedule.scheduler)
     else:
         set_scheduler(pipe, scheduler or "ddim")
     rec = evaluate(pipe, method, steps if steps is not None else 50, n=args.n, seed=args.seed,
-                   guidance_scale=_guidance(args), batch=args.batch, progress=True)
+                   guidance_scale=_guidance(args, source), batch=args.batch, progress=True,
+                   calibration=calibration, judge=Judge.from_source(source))
     rec["model"] = args.model
     text = json.dumps(rec, indent=1)
     if args.json:
@@ -166,7 +186,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, run_bench, write_reports
+    from .evaluate.bench import BenchConfig, run_bench, write_reports
 
     kw = {}
     if args.models:
@@ -197,6 +217,14 @@ def cmd_bench(args) -> int:
     for path in write_reports(report, cfg.out):
         print(f"wrote {path}")
     return 0
+
+
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompts", default=None, metavar="FILE", help="calibration prompts, one per line (text models; "
+                   "default: the model's dipgo.json, else a built-in generic set)")
+    g.add_argument("--class-labels", default=None, help="calibration class ids, e.g. 1,5,207 or 0-9 (class-conditional "
+                   "models; default: the model's dipgo.json, else all classes)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
     prune.add_argument("--seed", type=int, default=0)
+    _calibration_args(prune)
     prune.set_defaults(fn=cmd_prune)
 
     show = sub.add_parser("show", help="print what a schedule computes and reuses")
@@ -246,9 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50)")
     sample.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
-    sample.add_argument("--label", type=int, default=None, help="only this digit (default: all, in turn)")
+    sample.add_argument("--label", type=int, default=None, help="only this condition: an index into the prompts or "
+                        "class labels (zoo digits: the digit; default: all, in turn)")
     sample.add_argument("--batch", type=int, default=16)
     sample.add_argument("--out", default="grid.png")
+    _calibration_args(sample)
     sample.set_defaults(fn=cmd_sample)
 
     ev = sub.add_parser("eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
@@ -264,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--batch", type=int, default=32)
     ev.add_argument("--json", default=None, help="also write the record here")
+    _calibration_args(ev)
     ev.set_defaults(fn=cmd_eval)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
@@ -285,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .models.pipelines import quiet_libraries
+
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

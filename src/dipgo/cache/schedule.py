@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import DipgoError
-from .fileio import atomic_path
+from ..errors import DipgoError
+from ..fileio import atomic_path
 
 SCHEMA_VERSION = 1
 
@@ -81,9 +81,9 @@ class Schedule:
         for i in range(min(self.branches, len(self.steps))):
             if set(self.steps[i]) != known:
                 raise ScheduleError(f"call {i} must compute every block (nothing is cached yet)")
-        bad_modes = {m for m in self.cache_modes.values() if m not in ("output", "residual")}
+        bad_modes = {m for m in self.cache_modes.values() if m.partition(":")[0] not in ("output", "residual")}
         if bad_modes:
-            raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)}; use 'output' or 'residual'")
+            raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)}; use 'output' or 'residual[:inputs]'")
 
     @property
     def num_calls(self) -> int:

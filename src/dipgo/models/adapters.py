@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DipgoError
+from ..errors import DipgoError
 
 GRANULARITIES = ("coarse", "fine")
 
@@ -155,10 +155,27 @@ def unet_fine_graph(model: torch.nn.Module) -> BlockGraph:
                       always_needed={order[-1]}, output_block=order[-1])
 
 
-def transformer_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
-    """One gate per transformer block (DiT, PixArt, SD3...), residual caching, no cascade."""
-    names = [f"transformer_blocks.{i}" for i in range(len(model.transformer_blocks))]
-    return BlockGraph(names, modes={n: "residual" for n in names}, always_needed=set(names))
+# Blocks that take (hidden_states, encoder_hidden_states) and return (encoder_hidden_states, hidden_states):
+# MMDiT-style joint blocks. Each output is cached as the residual of the input of the same name.
+JOINT_BLOCKS = {"JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock"}
+JOINT_MODE = "residual:encoder_hidden_states,hidden_states"
+
+
+def _residual_mode(block: torch.nn.Module) -> str:
+    return JOINT_MODE if type(block).__name__ in JOINT_BLOCKS else "residual"
+
+
+def transformer_graph(model: torch.nn.Module, granularity: str, lists: tuple[str, ...] = ("transformer_blocks",)
+                      ) -> BlockGraph:
+    """One gate per transformer block (DiT, PixArt, SD3, Flux...), residual caching, no cascade."""
+    modes = {f"{attr}.{i}": _residual_mode(b) for attr in lists for i, b in enumerate(getattr(model, attr))}
+    return BlockGraph(list(modes), modes=modes, always_needed=set(modes))
+
+
+@register_adapter("FluxTransformer2DModel")
+def flux_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
+    """Flux: the dual-stream blocks, then the single-stream blocks, all joint-residual."""
+    return transformer_graph(model, granularity, ("transformer_blocks", "single_transformer_blocks"))
 
 
 def block_graph(model: torch.nn.Module, granularity: str = "coarse", names: list[str] | None = None,
@@ -168,14 +185,16 @@ def block_graph(model: torch.nn.Module, granularity: str = "coarse", names: list
         raise DipgoError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
     if names is not None:
         resolve_blocks(model, names)
+        if not names:
+            raise DipgoError("blocks= is empty; name at least one submodule to gate")
         return BlockGraph(list(names), modes={n: mode for n in names}, always_needed=set(names))
     fn = _ADAPTERS.get(type(model).__name__)
     if fn is None and isinstance(getattr(model, "transformer_blocks", None), torch.nn.ModuleList):
         fn = transformer_graph
     if fn is None:
         raise DipgoError(
-            f"no block adapter for {type(model).__name__}; pass the submodule names to gate "
-            f"explicitly (e.g. blocks=['layers.0', 'layers.1'])"
+            f"no block adapter for {type(model).__name__}; pass the submodule names to gate explicitly "
+            f"(Python: blocks=['layers.0', 'layers.1']; CLI: --blocks layers.0,layers.1)"
         )
     return fn(model, granularity)
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import block_names, resolve_blocks
-from .costs import count_macs, count_params, measure_latency
-from .sampling import capture_denoiser_call
-from .zoo import denoiser_of, load_pipeline
+from .. import zoo
+from ..models.adapters import block_names, resolve_blocks
+from ..models.costs import count_macs, count_params, measure_latency
+from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
 
 
 def model_info(model: str, runs: int = 20, warmup: int = 3) -> dict:
     """Blocks with params and MACs per denoiser call (batch 1, no CFG), totals and measured latency."""
-    pipe = load_pipeline(model)
+    pipe, source = zoo.load(model)
     denoiser = denoiser_of(pipe)
-    args, kwargs = capture_denoiser_call(pipe)
+    args, kwargs = capture_denoiser_call(pipe, default_calibration(pipe, defaults=source.defaults))
     names = block_names(denoiser)
     blocks = resolve_blocks(denoiser, names)
     counter = count_macs(denoiser, args, kwargs, scopes=blocks)

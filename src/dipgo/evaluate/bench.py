@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-from .api import schedule_at_ratio
+from .. import zoo
+from ..cache.postprocess import schedule_at_ratio
+from ..cache.search import Search, SearchConfig, load_result, save_result
+from ..errors import DipgoError
+from ..fileio import atomic_path
+from ..models.costs import count_params
+from ..models.pipelines import default_calibration, denoiser_of, set_scheduler
 from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
-from .costs import count_params
-from .errors import DipgoError
-from .evaluation import Evaluator, compare
-from .fileio import atomic_path
-from .rollout import set_scheduler
-from .search import Search, SearchConfig, load_result, save_result
-from .zoo import ZOO, denoiser_of, load_pipeline
+from .evaluation import Evaluator, Judge, compare
 
 FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
 # One search per (model, base, budget), from both initialisations (everything kept, as the paper; and
@@ -68,9 +68,9 @@ class BenchConfig:
     search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in ZOO]
+        unknown = [m for m in self.models if m not in zoo.zoo_names()]
         if unknown:
-            raise DipgoError(f"unknown model(s) {unknown}; bench runs on the zoo models {sorted(ZOO)}")
+            raise DipgoError(f"unknown model(s) {unknown}; bench runs on the zoo models {zoo.zoo_names()}")
         bad = [b for b in self.budgets if b <= 1]
         if bad:
             raise DipgoError(f"budgets are MACs reduction factors > 1 (e.g. 2, 3, 4.4), got {bad}")
@@ -90,7 +90,7 @@ class BenchConfig:
 
 
 def search_for_budget(pipe, model: str, base: int, guidance: float, budget: float, directory: str | Path,
-                      progress: bool = True) -> tuple:
+                      progress: bool = True, calibration=None) -> tuple:
     """The DiP-GO search result for one budget: each initialisation loaded if saved, else searched
     (resumable) and saved; returns ``(result, info)`` for the one with the lower final consistency."""
     directory = Path(directory)
@@ -102,7 +102,7 @@ def search_for_budget(pipe, model: str, base: int, guidance: float, budget: floa
             cfg = SearchConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
                                iterations=SEARCH_ITERATIONS, batch=search_batch(model, base), init=init)
             ckpt = path.with_name(path.name + ".search.pt")
-            save_result(Search(pipe, cfg, checkpoint_path=ckpt).run(progress=progress), path)
+            save_result(Search(pipe, cfg, checkpoint_path=ckpt, calibration=calibration).run(progress=progress), path)
             ckpt.unlink(missing_ok=True)
         data = json.loads(path.read_text())
         found.append((data["final_consistency"], init, path, data["seconds"]))
@@ -160,11 +160,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     params: dict = {}
     t_start = time.perf_counter()
     for model in cfg.models:
-        pipe = load_pipeline(model)
+        pipe, source = zoo.load(model)
         set_scheduler(pipe, "ddim")
-        guidance = ZOO[model].guidance_scale
+        guidance = source.guidance_scale
+        calibration = default_calibration(pipe, defaults=source.defaults)
         params[model] = count_params(denoiser_of(pipe))
-        ev = Evaluator(pipe, cfg.n, cfg.seed, guidance, cfg.batch)
+        ev = Evaluator(pipe, cfg.n, cfg.seed, guidance, cfg.batch, calibration, Judge.from_source(source))
         try:
             for base in cfg.bases:
                 if not cfg.search_only:
@@ -175,7 +176,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 for budget in cfg.budgets:
                     result = None
                     if "dipgo" in cfg.families:
-                        result, info = search_for_budget(pipe, model, base, guidance, budget, cfg.searches, progress)
+                        result, info = search_for_budget(pipe, model, base, guidance, budget, cfg.searches, progress,
+                                                         calibration)
                         searches[f"{model}-ddim{base}-x{budget:g}"] = dict(
                             info, iterations=result.config.iterations, batch=result.config.batch)
                     if cfg.search_only:
@@ -201,7 +203,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result):
     if family == "dipgo":
         try:
-            schedule = schedule_at_ratio(result, pipe, 1 - 1 / budget)
+            schedule = schedule_at_ratio(result, 1 - 1 / budget)
         except DipgoError:
             return None  # budget out of the search's reach: the table shows no point
         return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x")

