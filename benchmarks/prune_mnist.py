@@ -5,8 +5,9 @@
 
 Steps: (1) the DiP-GO search at DDIM-50 with the model card's guidance (timed); (2) wall-clock of
 sampling a batch of 16, full and pruned alternated, ``--repeats`` times each (medians); (3) ``--n``
-images (balanced digits, seeds 0..n-1) with both, FID against the 5,000 MNIST images, conditioning
-accuracy, PSNR/SSIM of each pruned image against the full image of the same seed. Writes
+images (balanced digits, seeds 0..n-1) with both, FID against the zoo's statistics of the 5,000 MNIST
+images (``zoo/fid-mnist5k.npz``, made by ``zoo/fid_reference.py``), conditioning accuracy, PSNR/SSIM of
+each pruned image against the full image of the same seed. Writes
 ``benchmarks/results/prune-<model>-r<ratio>.json`` and the schedule beside it.
 """
 
@@ -27,21 +28,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import dipgo  # noqa: E402
-from dipgo.api import schedule_at_ratio  # noqa: E402
+from dipgo.cache.postprocess import schedule_at_ratio  # noqa: E402
+from dipgo.cache.search import Search, SearchConfig  # noqa: E402
+from dipgo.evaluate.evaluation import Judge  # noqa: E402
+from dipgo.evaluate.metrics import psnr, ssim  # noqa: E402
 from dipgo.fileio import atomic_path  # noqa: E402
-from dipgo.metrics import conditioning_accuracy, fid_against_mnist, psnr, ssim  # noqa: E402
-from dipgo.rollout import set_scheduler  # noqa: E402
-from dipgo.sampling import balanced_labels, generate, labelled_rows, save_image  # noqa: E402
-from dipgo.search import Search, SearchConfig  # noqa: E402
-from dipgo.zoo import ZOO, load_pipeline  # noqa: E402
+from dipgo.models.calibration import Calibration  # noqa: E402
+from dipgo.models.images import labelled_rows, save_image  # noqa: E402
+from dipgo.models.pipelines import default_calibration, generate, set_scheduler  # noqa: E402
+from dipgo.zoo import ModelSource, load, zoo_names  # noqa: E402
 
 
-def wall_clock(pipe, schedule, guidance: float, steps: int, repeats: int, batch: int = 16) -> dict:
-    labels = balanced_labels(batch)
+def judge_for(source: ModelSource) -> Judge:
+    """FID against the zoo's shipped statistics and the digit classifier; fails before any long run."""
+    ref = source.fid_reference
+    if ref is None or not ref.is_file():
+        raise SystemExit(f"{source.name}: FID reference statistics {ref} are missing; "
+                         "make them with `python zoo/fid_reference.py` (~12 min on 2 cores)")
+    return Judge.from_source(source)
+
+
+def wall_clock(pipe, calibration: Calibration, schedule, guidance: float, steps: int, repeats: int,
+               batch: int = 16) -> dict:
+    conditions = calibration.cycle(batch)
 
     def once():
         t0 = time.perf_counter()
-        generate(pipe, labels, seed=10_000, num_inference_steps=steps, guidance_scale=guidance, batch_size=batch)
+        generate(pipe, calibration, conditions, seed=10_000, num_inference_steps=steps, guidance_scale=guidance,
+                 batch_size=batch)
         return time.perf_counter() - t0
 
     once()  # warm-up of both paths
@@ -60,20 +74,21 @@ def wall_clock(pipe, schedule, guidance: float, steps: int, repeats: int, batch:
             "wall_speedup": f / p}
 
 
-def fewer_steps_baseline(pipe, record: dict, full: torch.Tensor, labels: list[int], guidance: float) -> dict:
+def fewer_steps_baseline(pipe, calibration: Calibration, judge: Judge, record: dict, full: torch.Tensor,
+                         conditions: list[int], guidance: float) -> dict:
     """The simplest competitor at the same MACs: the same DDIM sampler with k = steps * macs / macs_full."""
     k = max(1, round(record["steps"] * record["macs"] / record["macs_full"]))
-    imgs = generate(pipe, labels, seed=0, num_inference_steps=k, guidance_scale=guidance, batch_size=50,
-                    progress=True, desc=f"DDIM-{k}")
+    imgs = generate(pipe, calibration, conditions, seed=0, num_inference_steps=k, guidance_scale=guidance,
+                    batch_size=50, progress=True, desc=f"DDIM-{k}")
     q_full, q_imgs = (full * 255).round() / 255, (imgs * 255).round() / 255
-    return {"steps": k, "macs_speedup": record["steps"] / k, "fid": fid_against_mnist(imgs, progress=True),
-            "cond_acc": conditioning_accuracy(imgs, labels), "psnr_vs_full": float(psnr(q_imgs, q_full).mean()),
+    return {"steps": k, "macs_speedup": record["steps"] / k, "fid": judge.fid(imgs, progress=True),
+            "cond_acc": judge.accuracy(imgs, conditions), "psnr_vs_full": float(psnr(q_imgs, q_full).mean()),
             "ssim_vs_full": float(ssim(q_imgs, q_full).mean())}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=list(ZOO))
+    p.add_argument("model", choices=zoo_names())
     p.add_argument("--ratio", type=float, default=0.8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--iterations", type=int, default=150)
@@ -92,9 +107,11 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     tag = f"prune-{args.model}-r{args.ratio:g}"
-    pipe = load_pipeline(args.model)
+    pipe, source = load(args.model)
     set_scheduler(pipe, "ddim")
-    guidance = ZOO[args.model].guidance_scale
+    guidance = source.guidance_scale
+    calibration = default_calibration(pipe, defaults=source.defaults)  # condition index == digit
+    judge = None if args.wall_only else judge_for(source)
     record: dict = {"model": args.model, "ratio": args.ratio, "steps": args.steps, "guidance_scale": guidance,
                     "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                 "threads": torch.get_num_threads(), "torch": torch.__version__}}
@@ -104,12 +121,12 @@ def main() -> None:
         cfg = SearchConfig(ratio=args.ratio, num_inference_steps=args.steps, guidance_scale=guidance,
                            iterations=args.iterations, batch=args.batch, init=args.init,
                            grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing])
-        search = Search(pipe, cfg, checkpoint_path=out / f"{tag}.search.pt")
+        search = Search(pipe, cfg, checkpoint_path=out / f"{tag}.search.pt", calibration=calibration)
         result = search.run(progress=True)
         record["search"] = {"seconds": result.seconds, "iterations": cfg.iterations, "batch": cfg.batch,
                             "grad_checkpointing": search.checkpointing,
                             "init": cfg.init, "final": result.history[-1]}
-        schedule = schedule_at_ratio(result, pipe, args.ratio)
+        schedule = schedule_at_ratio(result, args.ratio)
         schedule.save(out / f"{tag}.schedule.json")
         (out / f"{tag}.search.pt").unlink(missing_ok=True)
     record["macs_full"], record["macs"] = schedule.macs_full, schedule.macs
@@ -117,7 +134,7 @@ def main() -> None:
     record["achieved_ratio"] = schedule.achieved_ratio
     print(schedule.summary(), flush=True)
 
-    record["wall"] = wall_clock(pipe, schedule, guidance, args.steps, args.repeats)
+    record["wall"] = wall_clock(pipe, calibration, schedule, guidance, args.steps, args.repeats)
     record["wall_over_macs_speedup"] = record["wall"]["wall_speedup"] / record["macs_speedup"]
     print(json.dumps(record["wall"], indent=1), flush=True)
     if args.wall_only:
@@ -127,24 +144,24 @@ def main() -> None:
             tmp.write_text(json.dumps(old, indent=1))
         return
 
-    labels = balanced_labels(args.n)
-    full = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,
-                    progress=True, desc="full model")
+    conditions = calibration.cycle(args.n)
+    full = generate(pipe, calibration, conditions, seed=0, num_inference_steps=args.steps, guidance_scale=guidance,
+                    batch_size=50, progress=True, desc="full model")
     dipgo.apply(pipe, schedule)
-    pruned = generate(pipe, labels, seed=0, num_inference_steps=args.steps, guidance_scale=guidance, batch_size=50,
-                      progress=True, desc="dipgo")
+    pruned = generate(pipe, calibration, conditions, seed=0, num_inference_steps=args.steps, guidance_scale=guidance,
+                      batch_size=50, progress=True, desc="dipgo")
     dipgo.remove(pipe)
     def q(x):  # compare 8-bit images, as saved
         return (x * 255).round() / 255
 
     record.update({
         "n": args.n, "seed": 0,
-        "fid_full": fid_against_mnist(full, progress=True), "fid": fid_against_mnist(pruned, progress=True),
-        "cond_acc_full": conditioning_accuracy(full, labels), "cond_acc": conditioning_accuracy(pruned, labels),
+        "fid_full": judge.fid(full, progress=True), "fid": judge.fid(pruned, progress=True),
+        "cond_acc_full": judge.accuracy(full, conditions), "cond_acc": judge.accuracy(pruned, conditions),
         "psnr_vs_full": float(psnr(q(pruned), q(full)).mean()), "ssim_vs_full": float(ssim(q(pruned), q(full)).mean()),
     })
     record["fid_rel_change"] = record["fid"] / record["fid_full"] - 1
-    record["fewer_steps"] = fewer_steps_baseline(pipe, record, full, labels, guidance)
+    record["fewer_steps"] = fewer_steps_baseline(pipe, calibration, judge, record, full, conditions, guidance)
     save_image(labelled_rows([("full model", full[:20]), (f"dipgo {record['macs_speedup']:.2f}x fewer MACs",
                                                            pruned[:20])]), out / f"{tag}.png")
     with atomic_path(out / f"{tag}.json") as tmp:

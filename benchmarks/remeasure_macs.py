@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dipgo import bench  # noqa: E402
-from dipgo.evaluation import Evaluator  # noqa: E402
-from dipgo.rollout import set_scheduler  # noqa: E402
-from dipgo.zoo import ZOO, load_pipeline  # noqa: E402
+from dipgo.evaluate import bench  # noqa: E402
+from dipgo.evaluate.evaluation import Evaluator  # noqa: E402
+from dipgo.models.pipelines import default_calibration, set_scheduler  # noqa: E402
+from dipgo.zoo import load, zoo_names  # noqa: E402
 
 STATIC = ("dipgo", "DeepCache", "DeepCache non-uniform", "fewer steps")
 
@@ -32,14 +32,15 @@ STATIC = ("dipgo", "DeepCache", "DeepCache non-uniform", "fewer steps")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("report")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, choices=zoo_names())
     args = p.parse_args()
     path = Path(args.report)
     report = json.loads(path.read_text())
-    pipe = load_pipeline(args.model)
+    pipe, source = load(args.model)
     set_scheduler(pipe, "ddim")
-    guidance = ZOO[args.model].guidance_scale
-    ev = Evaluator(pipe, n=2, guidance_scale=guidance, batch=2)
+    guidance = source.guidance_scale
+    calibration = default_calibration(pipe, defaults=source.defaults)  # as bench.run_bench calibrates
+    ev = Evaluator(pipe, n=2, guidance_scale=guidance, batch=2, calibration=calibration)  # MACs only: no judge
     changes = []
     try:
         for rec in report["records"]:
@@ -48,7 +49,8 @@ def main() -> None:
             result = None
             if rec["family"] == "dipgo":
                 result, _ = bench.search_for_budget(pipe, args.model, rec["base"], guidance, rec["budget"],
-                                                    report["config"]["searches"], progress=False)
+                                                    report["config"]["searches"], progress=False,
+                                                    calibration=calibration)
             applied = bench._method(rec["family"], pipe, ev, rec["base"], guidance, rec["budget"], result)
             assert applied.label == rec["method"], (applied.label, rec["method"])
             macs = ev.run(applied, progress=False).macs

@@ -23,18 +23,21 @@ def child(model: str, mode: str, batch: int, steps: int) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from dipgo.sampling import generate
-    from dipgo.search import Search, SearchConfig
-    from dipgo.zoo import load_pipeline
+    from dipgo.cache.search import Search, SearchConfig
+    from dipgo.models.pipelines import default_calibration, generate
+    from dipgo.zoo import load
 
-    pipe = load_pipeline(model)
+    pipe, source = load(model)
+    guidance = source.guidance_scale
+    calibration = default_calibration(pipe, defaults=source.defaults)
     t0 = time.perf_counter()
     if mode == "base":
-        generate(pipe, list(range(batch)), num_inference_steps=steps, guidance_scale=4.0, batch_size=batch)
+        generate(pipe, calibration, calibration.cycle(batch), num_inference_steps=steps, guidance_scale=guidance,
+                 batch_size=batch)
     else:
-        cfg = SearchConfig(ratio=0.8, num_inference_steps=steps, iterations=2, batch=batch,
+        cfg = SearchConfig(ratio=0.8, num_inference_steps=steps, guidance_scale=guidance, iterations=2, batch=batch,
                            grad_checkpointing=(mode == "checkpointing"))
-        Search(pipe, cfg).run(progress=False)
+        Search(pipe, cfg, calibration=calibration).run(progress=False)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"mode": mode, "peak_rss_mb": round(peak_mb), "seconds": round(time.perf_counter() - t0, 1),
                       "threads": torch.get_num_threads()}))

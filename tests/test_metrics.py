@@ -57,3 +57,31 @@ def test_fid_of_a_set_against_itself_is_about_zero():
     assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-3
     other = feature_stats(inception_features(x.flip(-1)))
     assert frechet_distance(mu, sigma, *other) > 1.0
+
+
+def test_fid_statistics_files_round_trip_compactly(tmp_path):
+    """Shipped statistics keep mu and the upper triangle in float32: the FID they give stays within 1e-3."""
+    import pytest
+
+    from dipgo.errors import DipgoError
+    from dipgo.evaluate.metrics import load_stats, save_stats
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16)) + 0.3
+    mu, sigma = feature_stats(a)
+    path = save_stats(tmp_path / "ref.npz", mu, sigma, source="test")
+    mu2, sigma2 = load_stats(path)
+    np.testing.assert_allclose(sigma2, sigma2.T)
+    other = feature_stats(b)
+    assert abs(frechet_distance(*other, mu, sigma) - frechet_distance(*other, mu2, sigma2)) < 1e-3
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DipgoError, match="corrupt"):
+        load_stats(path)
+
+
+def test_shipped_zoo_statistics_load():
+    from dipgo import zoo
+    from dipgo.evaluate.metrics import load_stats
+
+    mu, sigma = load_stats(zoo.resolve("mnist-sd").fid_reference)
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and np.isfinite(sigma).all()

@@ -17,7 +17,7 @@ ARCH = {
     "mnist-sd": (
         "`StableDiffusionPipeline`: `AutoencoderKL` (1 -> 4 channels, 32x32 -> 8x8 latents), a 2-layer\n"
         "`CLIPTextModel` (width 64) with a real `CLIPTokenizer` whose vocabulary files the project writes\n"
-        "(`src/dipgo/tokenizer.py`: CLIP's 512 byte-level symbols plus merges for the prompt words), and a\n"
+        "(`src/dipgo/zoo/tokenizer.py`: CLIP's 512 byte-level symbols plus merges for the prompt words), and a\n"
         "`UNet2DConditionModel` with SD-1.5's block layout: `CrossAttnDownBlock2D` x3 + `DownBlock2D`,\n"
         "`UNetMidBlock2DCrossAttn`, `UpBlock2D` + `CrossAttnUpBlock2D` x3 (channels 32/64/64/64, one layer\n"
         "per block, cross-attention width 64). Prompts: `\"a handwritten digit N\"`, N = 0..9; trained with\n"

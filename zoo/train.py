@@ -37,9 +37,9 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from dipgo.data import DIGIT_NAMES, load_mnist, prompt_for  # noqa: E402
 from dipgo.fileio import atomic_path  # noqa: E402
-from dipgo.tokenizer import write_tokenizer  # noqa: E402
+from dipgo.zoo.mnist import DIGIT_NAMES, load_mnist, prompt_for  # noqa: E402
+from dipgo.zoo.tokenizer import write_tokenizer  # noqa: E402
 
 CKPT = ROOT / "checkpoints"  # default; --ckpt-dir overrides
 

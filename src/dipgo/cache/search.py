@@ -153,15 +153,23 @@ def load_result(path: str | Path, target=None) -> SearchResult:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        config = SearchConfig(**data["config"])
+        known = SearchConfig.__dataclass_fields__
+        config = SearchConfig(**{k: v for k, v in data["config"].items() if k in known})
         scores = torch.tensor(data["scores"], dtype=torch.float32)
-        g = data["graph"]
-        graph = BlockGraph(list(data["blocks"]), modes=dict(g["modes"]), consumers=dict(g["consumers"]),
-                           always_needed=set(g["always_needed"]), output_block=g["output_block"])
-        p = data["profile"]
-        profile = CostProfile(list(p["blocks"]), list(p["block_macs"]), int(p["call_macs"]))
-        meta = dict(data["meta"])
+        if data.get("version", 1) >= 2:
+            g = data["graph"]
+            graph = BlockGraph(list(data["blocks"]), modes=dict(g["modes"]), consumers=dict(g["consumers"]),
+                               always_needed=set(g["always_needed"]), output_block=g["output_block"])
+            p = data["profile"]
+            profile = CostProfile(list(p["blocks"]), list(p["block_macs"]), int(p["call_macs"]))
+            meta = dict(data["meta"])
+        elif target is None:
+            raise DipgoError(f"{path} is a version-1 scores file: pass the pipeline it was searched on")
+        else:  # version 1 (before issue 9) kept only the scores: rebuild graph, costs and meta from the pipeline
+            graph, profile, meta = _rebuild(target, config, list(data["blocks"]))
     except (OSError, ValueError, KeyError, TypeError) as err:
+        if isinstance(err, DipgoError):
+            raise
         raise DipgoError(f"search scores file {path} is unreadable or corrupt ({err})") from err
     if target is not None:
         denoiser = denoiser_of(target)
@@ -177,6 +185,23 @@ def load_result(path: str | Path, target=None) -> SearchResult:
                                  f"{config.num_inference_steps} steps")
     return SearchResult(scores, graph, profile, config, [data["final"]] if data.get("final") else [],
                         data.get("seconds", 0.0), meta)
+
+
+def _rebuild(pipe, config: SearchConfig, blocks: list[str]) -> tuple[BlockGraph, CostProfile, dict]:
+    from ..models.pipelines import capture_denoiser_call, denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    try:
+        graph = block_graph(denoiser, config.granularity)
+    except DipgoError:  # a custom model: the file names its blocks
+        graph = block_graph(denoiser, config.granularity, blocks)
+    if graph.names != blocks:
+        raise DipgoError(f"the scores were searched on blocks {blocks[:3]}... but this {type(denoiser).__name__} has "
+                         f"{graph.names[:3]}...; search again for this model")
+    profile = profile_denoiser(denoiser, resolve_blocks(denoiser, graph.names), *capture_denoiser_call(pipe))
+    meta = {"model_class": type(denoiser).__name__, "config_hash": config_hash(denoiser), "blocks": graph.names,
+            "scheduler": type(pipe.scheduler).__name__, "cfg": 2 if (config.guidance_scale or 1) > 1 else 1}
+    return graph, profile, meta
 
 
 def consistency(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
@@ -331,7 +356,19 @@ class Search:
                 "psnr": float(psnr(img.detach(), ref, cap=100.0).mean()), "sparsity_on": sparse_on}
 
     # ------------------------------------------------------------------ the loop
+    def _frozen(self) -> list[torch.nn.Parameter]:
+        """The model's own parameters that would otherwise get gradients: only the pruner learns, so
+        backward must not spend time or memory on the denoiser's (or the VAE's) weight gradients."""
+        pipe = getattr(self.sampler, "pipe", None)
+        modules = [self.denoiser] + [m for m in (getattr(pipe, "components", {}) or {}).values()
+                                     if isinstance(m, torch.nn.Module)]
+        params = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
+        for p in params.values():
+            p.requires_grad_(False)
+        return list(params.values())
+
     def run(self, progress: bool = True) -> SearchResult:
+        frozen = self._frozen()
         att = attach(self.denoiser, self.modules, self.graph.modes)
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search", disable=not progress,
                    dynamic_ncols=True)
@@ -350,6 +387,8 @@ class Search:
         finally:
             bar.close()
             detach(self.denoiser)
+            for p in frozen:
+                p.requires_grad_(True)
         with torch.no_grad():
             scores = self.pruner()
         return SearchResult(scores, self.graph, self.profile, self.cfg, self.history, self.elapsed, self.meta())
