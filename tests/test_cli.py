@@ -64,3 +64,11 @@ def test_prune_show_and_sample_with_schedule(tmp_path, capsys):
     assert main(["sample", "mnist-sd", "--schedule", str(paths[1]), "--steps", "6", "--n", "1",
                  "--out", str(grid)]) == 2
     assert "num_inference_steps=4" in capsys.readouterr().err
+
+
+def test_cli_output_is_quiet(capsys, tmp_path):
+    """No "requires torchvision" notices, no nested "Loading pipeline components" bars, no scipy noise."""
+    assert main(["sample", "mnist-dit", "--n", "2", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["info", "mnist-sd", "--runs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "torchvision" not in err and "Loading pipeline components" not in err

