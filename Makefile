@@ -5,7 +5,7 @@ DIPGO  := $(VENV)/bin/dipgo
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench bench-quick bench-prune clean
+.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,11 +43,25 @@ bench-prune: $(STAMP)
 	$(PY) benchmarks/prune_mnist.py mnist-sd --ratio 0.8
 	$(PY) benchmarks/prune_mnist.py mnist-dit --ratio 0.6 --iterations 80 --batch 2
 
+# Issue 9: the generic search against the hand-written loop it replaced (alone on the machine, ~8 min),
+# and the peak memory of one search iteration at SD-1.5 scale (~15 min).
+bench-generic: $(STAMP)
+	$(PY) benchmarks/generic_search.py
+	$(PY) benchmarks/sd15_memory.py
+
+# Issue 10: LAPTOP-Diff layer pruning on both zoo models (quality passes may run in parallel, 1 thread
+# each); then the latency pass alone on the machine; then the report.
+bench-layers: $(STAMP)
+	$(PY) benchmarks/layers_bench.py mnist-sd
+	$(PY) benchmarks/layers_bench.py mnist-dit
+	$(PY) benchmarks/layers_bench.py --latency
+	$(PY) benchmarks/layers_bench.py --report
+
 test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests zoo benchmarks
+	$(VENV)/bin/ruff check src tests zoo benchmarks examples
 
 clean:
 	rm -rf $(OUT) .pytest_cache

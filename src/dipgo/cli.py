@@ -185,6 +185,49 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from .layers import layer_scores, prune_layers, save_pruned
+    from .models.pipelines import denoiser_of
+
+    pipe, source, calibration = _load(args)
+    guidance = _guidance(args, source)
+    if args.scores:
+        cands, scores, _ = layer_scores(pipe, args.criterion, calibration, n_images=args.calib_images,
+                                        num_inference_steps=args.steps, guidance_scale=guidance, progress=True)
+        total = sum(p.numel() for p in denoiser_of(pipe).parameters())
+        print(f"{'layer':<34}{'params':>10}{'share':>8}{'MACs/call':>12}{args.criterion + ' score':>18}")
+        for c in sorted(cands, key=lambda c: scores[c.name]):
+            print(f"{c.name:<34}{_fmt(c.params):>10}{c.params / total:>8.1%}{_fmt(c.macs):>12}{scores[c.name]:>18.6g}")
+        return 0
+    if args.ratio is None or args.out is None:
+        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each layer's score)")
+    data = source.training_set(pipe, calibration) if args.retrain_steps > 0 else None
+    if args.retrain_steps > 0:
+        print("retraining on " + ("the model's own training data" if data is not None else
+                                  "images the full model generates on the calibration inputs"))
+    result = prune_layers(pipe, args.ratio, args.criterion, by=args.by, method=args.method, calibration=calibration,
+                          retrain_steps=args.retrain_steps, feature_kd=args.feature_kd, data=data,
+                          distill_kwargs={"batch": args.batch, "lr": args.lr}, n_images=args.calib_images,
+                          num_inference_steps=args.steps, guidance_scale=guidance,
+                          checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
+    out = save_pruned(result.pipe, args.out, result.info())
+    card = dict(source.card)
+    if source.fid_reference is not None:  # keep the judge: the reference path must resolve from the new folder
+        card["fid_reference"] = str(source.fid_reference.resolve())
+    card["pruned_from"] = source.name
+    (Path(out) / "dipgo.json").write_text(_json.dumps(card, indent=1))
+    print(f"removed {len(result.selection.names)} layers ({result.selection.method}, {args.criterion}): "
+          + ", ".join(result.selection.names))
+    print(f"params {_fmt(result.params_full)} -> {_fmt(result.params)} ({1 - result.params / result.params_full:.1%} "
+          f"fewer); MACs/call {_fmt(result.macs_full)} -> {_fmt(result.macs)} "
+          f"({result.macs_full / result.macs:.2f}x fewer)")
+    print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .evaluate.bench import BenchConfig, run_bench, write_reports
 
@@ -297,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the record here")
     _calibration_args(ev)
     ev.set_defaults(fn=cmd_eval)
+
+    lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
+                         "distillation); writes a pipeline folder")
+    lay.add_argument("model", nargs="?", default="mnist-sd")
+    lay.add_argument("--ratio", type=float, default=None, help="removed share of the denoiser's parameters (or MACs "
+                     "with --by macs), in (0, 1)")
+    lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
+    lay.add_argument("--by", default="params", choices=("params", "macs"))
+    lay.add_argument("--method", default="knapsack", choices=("knapsack", "greedy"))
+    lay.add_argument("--retrain-steps", type=int, default=0, help="distillation steps (0: one-shot)")
+    lay.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
+    lay.add_argument("--batch", type=int, default=32)
+    lay.add_argument("--lr", type=float, default=1e-4)
+    lay.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
+    lay.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criteria")
+    lay.add_argument("--guidance", type=float, default=None)
+    lay.add_argument("--scores", action="store_true", help="only print every candidate layer's score")
+    lay.add_argument("--checkpoint", default=None, help="retraining checkpoint (default OUT.distill.pt); resumes")
+    lay.add_argument("--out", default=None, help="output folder")
+    _calibration_args(lay)
+    lay.set_defaults(fn=cmd_layers)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
     bench.add_argument("models", nargs="*", help="zoo models (default: mnist-sd mnist-dit)")

@@ -31,13 +31,17 @@ class ScheduleError(DipgoError):
 
 
 def config_hash(model: torch.nn.Module) -> str:
-    """A short hash of a model's architecture config (weights excluded, file paths excluded)."""
+    """A short hash of a model's architecture: its config (weights and file paths excluded) and the layers
+    layer pruning removed from it, if any."""
     config = getattr(model, "config", None)
     if config is None:
         desc = {"class": type(model).__name__,
                 "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
     else:
         desc = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    removed = getattr(model, "_dipgo_removed", None)
+    if removed:  # a layer-pruned model is another architecture than its config says
+        desc["_dipgo_removed"] = sorted(removed)
     blob = json.dumps(desc, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -118,3 +118,21 @@ def conditioning_accuracy(images: torch.Tensor, labels) -> float:
     """Share of images that the MNIST classifier reads as the digit they were asked for."""
     labels = torch.as_tensor(labels)
     return float((classify_digits(images) == labels).float().mean())
+
+
+@torch.no_grad()
+def training_set(pipe, calibration):
+    """The zoo model's own training data as a :class:`dipgo.layers.data.TrainingSet`: the 5,000 MNIST
+    images as VAE latents (posterior means, scaled as in training), each with the conditioning of its
+    digit (condition index = digit, as in the zoo's ``dipgo.json``)."""
+    from ..layers.data import TrainingSet, _arg_names, conditional_kwargs
+    from ..models.pipelines import denoiser_of
+
+    images, labels = load_mnist()
+    vae = pipe.vae
+    latents = torch.cat([vae.encode(images[i:i + 500]).latent_dist.mean for i in range(0, len(images), 500)])
+    latents = latents * vae.config.scaling_factor
+    per_digit = conditional_kwargs(pipe, calibration, list(range(10)))
+    cond = {k: v[labels] for k, v in per_digit.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 10}
+    static = {k: v for k, v in per_digit.items() if k not in cond}
+    return TrainingSet(latents, cond, static, *_arg_names(denoiser_of(pipe)))

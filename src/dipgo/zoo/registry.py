@@ -79,7 +79,23 @@ class ModelSource:
         return {k: self.card[k] for k in ("prompts", "class_labels") if k in self.card}
 
     def load(self, dtype: torch.dtype = torch.float32):
+        """The pipeline; a layer-pruned folder (``dipgo layers`` output) loads with its layers removed."""
+        if self.folder is not None and (self.folder / "dipgo-layers.json").is_file():
+            from ..layers.io import load_pruned
+
+            return load_pruned(self.folder, dtype=dtype)
         return load_pipeline(self.target, dtype=dtype)
+
+    def training_set(self, pipe, calibration):
+        """The model's own training data for retraining (``"training_data"`` in its card), else None."""
+        name = self.card.get("training_data")
+        if not name:
+            return None
+        if name != "mnist-5k":
+            raise DipgoError(f"{self.name}'s {CARD} names unknown training data {name!r}; known: ['mnist-5k']")
+        from .mnist import training_set
+
+        return training_set(pipe, calibration)
 
 
 def _read_card(folder: Path) -> dict:

@@ -1,0 +1,177 @@
+"""What layer pruning measures and retrains on, for any denoiser: captured calls and training sets.
+
+* :class:`CallSet`: denoiser calls captured along the *full model's own sampling trajectories* on the
+  calibration inputs (the same prompts / class labels as DiP-GO), with the full model's outputs. The
+  one-shot criteria compare a pruned denoiser's output with these on exactly these inputs.
+* :class:`TrainingSet`: clean latents ``x0`` with the conditioning of each (the denoiser's keyword
+  arguments for one conditional call), for retraining with a noise-prediction task loss. A zoo model
+  brings its training data; otherwise :func:`teacher_set` makes one from the full model's own samples.
+
+Both know how to call the denoiser on new inputs: the sample and the timestep are the call's first
+two parameters (``sample``/``hidden_states`` and ``timestep``), the rest is conditioning.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from ..errors import DipgoError
+from ..models.calibration import Calibration
+from ..models.pipelines import call_kwargs, denoiser_of
+
+
+def output_of(out) -> torch.Tensor:
+    """The tensor a denoiser returns (``.sample`` of an output object, or the first element of a tuple)."""
+    if torch.is_tensor(out):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out.sample
+
+
+def _clone(x):
+    if torch.is_tensor(x):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: _clone(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_clone(v) for v in x)
+    return x
+
+
+@dataclass
+class CallSet:
+    """Captured denoiser calls ``(args, kwargs)`` and the full model's outputs for them."""
+
+    calls: list[tuple[tuple, dict]]
+    outputs: list[torch.Tensor]
+
+    @torch.no_grad()
+    def mse(self, model: torch.nn.Module) -> float:
+        """Mean squared difference between ``model``'s outputs and the full model's, over every call."""
+        total, count = 0.0, 0
+        for (args, kwargs), ref in zip(self.calls, self.outputs, strict=True):
+            out = output_of(model(*args, **kwargs))
+            total += float((out - ref).pow(2).sum())
+            count += ref.numel()
+        return total / max(1, count)
+
+
+@torch.no_grad()
+def capture_calls(pipe, calibration: Calibration, n_images: int = 8, num_inference_steps: int = 20,
+                  guidance_scale: float | None = None, every: int = 2, seed: int = 0, batch: int = 4,
+                  progress: bool = False, **extra) -> CallSet:
+    """Run the full pipeline on ``n_images`` calibration conditions and keep every ``every``-th denoiser call
+    (inputs and output): inputs that occur in real sampling, spread over the whole trajectory."""
+    denoiser = denoiser_of(pipe)
+    calls, outputs, counter = [], [], {"i": 0}
+
+    def hook(module, args, kwargs, out):
+        if counter["i"] % every == 0:
+            calls.append((_clone(args), _clone(kwargs)))
+            outputs.append(output_of(out).detach().clone())
+        counter["i"] += 1
+
+    handle = denoiser.register_forward_hook(hook, with_kwargs=True)
+    conditions = calibration.cycle(n_images)
+    try:
+        for start in tqdm(range(0, n_images, batch), desc="calibration calls", disable=not progress, leave=False):
+            chunk = conditions[start:start + batch]
+            gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+            counter["i"] = 0
+            pipe(**call_kwargs(pipe, calibration, chunk, gens, num_inference_steps, guidance_scale,
+                               output_type="latent", **extra))
+    finally:
+        handle.remove()
+    return CallSet(calls, outputs)
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainingSet:
+    """Clean latents and the conditioning of each, for noise-prediction training of a denoiser.
+
+    ``cond`` holds batched tensors (first dimension N, one row per example); ``static`` the keyword
+    arguments that are the same for every call (e.g. ``return_dict=False``).
+    """
+
+    x0: torch.Tensor
+    cond: dict[str, torch.Tensor] = field(default_factory=dict)
+    static: dict = field(default_factory=dict)
+    sample_arg: str = "sample"
+    timestep_arg: str = "timestep"
+
+    def __post_init__(self):
+        bad = [k for k, v in self.cond.items() if v.shape[0] != self.x0.shape[0]]
+        if bad:
+            raise DipgoError(f"conditioning {bad} has a different number of rows than x0 ({self.x0.shape[0]})")
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
+
+    def call(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, index: torch.Tensor):
+        """``model`` on noisy latents ``x_t`` at timesteps ``t`` with the conditioning of examples ``index``."""
+        kwargs = {self.sample_arg: x_t, self.timestep_arg: t, **{k: v[index] for k, v in self.cond.items()},
+                  **self.static}
+        return output_of(model(**kwargs))
+
+
+def _arg_names(denoiser: torch.nn.Module) -> tuple[str, str]:
+    params = [p for p in inspect.signature(denoiser.forward).parameters if p not in ("self",)]
+    return params[0], params[1]
+
+
+@torch.no_grad()
+def conditional_kwargs(pipe, calibration: Calibration, conditions: Sequence[int], **extra) -> dict:
+    """The denoiser's conditioning keyword arguments for these conditions, as the pipeline builds them for
+    a call without guidance (so every row is conditional): text embeddings, pooled embeddings, class labels."""
+    denoiser = denoiser_of(pipe)
+    box: dict = {}
+    sample_arg, timestep_arg = _arg_names(denoiser)
+
+    class _Stop(Exception):
+        pass
+
+    def hook(module, args, kwargs):
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        box.update({k: v for k, v in bound.items() if k not in (sample_arg, timestep_arg)})
+        raise _Stop
+
+    handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(conditions))]
+    try:
+        pipe(**call_kwargs(pipe, calibration, list(conditions), gens, 2, 1.0, output_type="latent", **extra))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return box
+
+
+@torch.no_grad()
+def teacher_set(pipe, calibration: Calibration, n: int = 256, num_inference_steps: int = 20,
+                guidance_scale: float | None = None, seed: int = 10_000, batch: int = 16, progress: bool = True,
+                **extra) -> TrainingSet:
+    """A training set made by the full model itself (no data needed): its final latents for ``n`` calibration
+    conditions (with the user's guidance), paired with those conditions' conditional embeddings."""
+    denoiser = denoiser_of(pipe)
+    sample_arg, timestep_arg = _arg_names(denoiser)
+    conditions = calibration.cycle(n)
+    latents, cond_rows, static = [], [], {}
+    for start in tqdm(range(0, n, batch), desc="teacher samples", disable=not progress, leave=False):
+        chunk = conditions[start:start + batch]
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        out = pipe(**call_kwargs(pipe, calibration, chunk, gens, num_inference_steps, guidance_scale,
+                                 output_type="latent", **extra))
+        latents.append(out.images if torch.is_tensor(out.images) else torch.as_tensor(out.images))
+        kw = conditional_kwargs(pipe, calibration, chunk, **extra)
+        cond_rows.append({k: v for k, v in kw.items() if torch.is_tensor(v) and v.dim() > 0
+                          and v.shape[0] == len(chunk)})
+        static = {k: v for k, v in kw.items() if k not in cond_rows[-1]}
+    cond = {k: torch.cat([r[k] for r in cond_rows]) for k in cond_rows[0]}
+    return TrainingSet(torch.cat(latents), cond, static, sample_arg, timestep_arg)

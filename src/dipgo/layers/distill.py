@@ -1,0 +1,248 @@
+"""LAPTOP-Diff retraining: a layer-pruned denoiser (student) learns from the original (teacher).
+
+    loss = w_task * task + w_out * output_KD + w_feat * feature_KD
+
+* task: the usual noise-prediction loss on the training set (target eps, or v for v-prediction models);
+* output_KD: MSE between the student's and the teacher's outputs on the same noisy inputs;
+* feature_KD: MSE between their block outputs (:func:`feature_layers`), summed over blocks.
+
+Raw feature MSEs differ by orders of magnitude across depths, so an unnormalised sum (BK-SDM's) is
+dominated by the few blocks with the largest activations. LAPTOP-Diff's fix, ``feature_kd="normalized"``,
+divides each block's term by the teacher feature's mean square there (held constant), so every depth
+counts about equally. Both use the same weight ``w_feat``.
+
+Everything random (batches, timesteps, noise, dropout inside the model) comes from one seeded generator
+that is saved in the checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import DipgoError
+from ..fileio import atomic_path
+from .candidates import JOINT
+from .data import TrainingSet
+
+FEATURE_KD = ("normalized", "plain", "none")
+RESUMABLE = ("steps", "checkpoint_every")  # settings a resumed run may change
+
+
+@dataclass
+class DistillConfig:
+    """Retraining settings. ``grad_clip=0`` turns clipping off; ``checkpoint_every=0`` saves only at the end."""
+
+    steps: int = 500
+    batch: int = 32
+    lr: float = 1e-4
+    feature_kd: str = "normalized"
+    w_task: float = 1.0
+    w_out: float = 1.0
+    w_feat: float = 1.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.feature_kd not in FEATURE_KD:
+            raise DipgoError(f"unknown feature_kd {self.feature_kd!r}; choose one of {FEATURE_KD}")
+        if self.steps < 0:
+            raise DipgoError(f"steps must be >= 0 (0: no retraining), got {self.steps}")
+        if self.batch < 1:
+            raise DipgoError(f"batch must be >= 1, got {self.batch}")
+        if not self.lr > 0:
+            raise DipgoError(f"lr must be > 0, got {self.lr}")
+        for name in ("w_task", "w_out", "w_feat", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise DipgoError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise DipgoError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """The blocks whose outputs are distilled: a UNet's down blocks, mid block and up blocks; a
+    transformer's blocks (and Flux's single blocks). Whole blocks are never removed, so teacher and
+    student have the same names."""
+    if hasattr(model, "down_blocks") and hasattr(model, "up_blocks"):
+        names = [f"down_blocks.{i}" for i in range(len(model.down_blocks))]
+        if getattr(model, "mid_block", None) is not None:
+            names.append("mid_block")
+        return names + [f"up_blocks.{i}" for i in range(len(model.up_blocks))]
+    lists = [a for a in ("transformer_blocks", "single_transformer_blocks")
+             if isinstance(getattr(model, a, None), nn.ModuleList)]
+    if not lists:
+        raise DipgoError(f"{type(model).__name__} has no blocks dipgo knows for feature distillation; "
+                         "use feature_kd='none'")
+    return [f"{a}.{i}" for a in lists for i in range(len(getattr(model, a)))]
+
+
+def _capture(model: nn.Module, names: list[str], store: dict) -> list:
+    """Forward hooks that put each block's hidden states in ``store``. UNet down blocks return
+    ``(hidden_states, res_samples)``; joint SD3/Flux blocks (and their removed forms) return
+    ``(encoder_hidden_states, hidden_states)``."""
+    handles = []
+    for name in names:
+        module = model.get_submodule(name)
+        pick = 1 if type(module).__name__ in JOINT or getattr(module, "returns", None) == "joint" else 0
+
+        def hook(mod, args, out, name=name, pick=pick):
+            store[name] = out[pick] if isinstance(out, (tuple, list)) else out
+
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def feature_loss(student: dict, teacher: dict, names: list[str], mode: str) -> torch.Tensor:
+    """Sum over blocks of MSE(student, teacher); ``normalized`` divides each term by the teacher feature's
+    mean square (a constant), so deep blocks with large activations do not drown the others."""
+    terms = []
+    for name in names:
+        s, t = student[name].float(), teacher[name].float().detach()
+        term = F.mse_loss(s, t)
+        terms.append(term / t.pow(2).mean().clamp_min(1e-12) if mode == "normalized" else term)
+    return torch.stack(terms).sum()
+
+
+@contextmanager
+def _seeded_global_rng(g: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Dropout inside the model draws from torch's global RNG: seed it from ``g`` for one step and restore
+    it afterwards, so a resumed run drops the same units and the caller's RNG is left untouched."""
+    seed = int(torch.randint(2**62, (1,), generator=g))
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield
+
+
+def _fingerprint(student: nn.Module, data: TrainingSet) -> dict:
+    return {"removed": list(getattr(student, "_dipgo_removed", [])), "data": [len(data), *data.x0.shape[1:]]}
+
+
+def _save(path: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int, g: torch.Generator,
+          history: list, config: DistillConfig, fingerprint: dict) -> None:
+    state = {"student": student.state_dict(), "opt": opt.state_dict(), "step": step, "rng": g.get_state(),
+             "history": history, "config": asdict(config), "fingerprint": fingerprint}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore(path: Path, student: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+             config: DistillConfig, fingerprint: dict) -> tuple[int, list]:
+    """Load a checkpoint of *this* distillation into student, optimizer and generator; refuse any other."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        step, history, theirs = int(state["step"]), list(state["history"]), dict(state["config"])
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise DipgoError(f"distillation checkpoint {path} is corrupt or truncated ({err}); delete it to start "
+                         "over") from err
+    differs = {k: (theirs.get(k), v) for k, v in asdict(config).items() if k not in RESUMABLE and theirs.get(k) != v}
+    if differs or state.get("fingerprint") != fingerprint:
+        what = differs or f"the pruned model or the training set ({state.get('fingerprint')} vs {fingerprint})"
+        raise DipgoError(f"checkpoint {path} is from a different distillation (differs: {what}); delete it or "
+                         "use another checkpoint path")
+    if step > config.steps:
+        raise DipgoError(f"checkpoint {path} is at step {step}, past steps={config.steps}; raise steps, delete it "
+                         "or use another checkpoint path")
+    try:
+        student.load_state_dict(state["student"])
+    except RuntimeError as err:
+        raise DipgoError(f"checkpoint {path} is from a different model ({err}); delete it or use another "
+                         "checkpoint path") from err
+    opt.load_state_dict(state["opt"])
+    g.set_state(state["rng"])
+    return step, history
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_scheduler, config: DistillConfig,
+            checkpoint: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Retrain ``student`` in place (its parameters that require grad) by distillation from ``teacher``.
+
+    ``noise_scheduler`` makes the noisy inputs and the task target: a ``DDPMScheduler`` built from the
+    pipeline's scheduler config. ``checkpoint``: saved atomically every ``checkpoint_every`` steps and at
+    the end; an existing one is resumed exactly. Returns one dict per step (step, loss, task, out_kd,
+    feat_kd). The teacher is put in eval mode without gradients; the student ends in eval mode.
+    """
+    cfg = config
+    if cfg.steps == 0:
+        return []
+    if len(data) == 0:
+        raise DipgoError("the training set is empty")
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise DipgoError("the student has no parameters that require grad; nothing to train")
+    prediction = noise_scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise DipgoError(f"cannot train a denoiser with prediction_type {prediction!r}")
+    teacher.eval().requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    path = Path(checkpoint) if checkpoint else None
+    fingerprint = _fingerprint(student, data)
+    start, history = 0, []
+    if path is not None and path.exists():
+        start, history = _restore(path, student, opt, g, cfg, fingerprint)
+
+    names = feature_layers(teacher) if cfg.feature_kd != "none" else []
+    s_feats, t_feats = {}, {}
+    device, n_steps = data.x0.device, noise_scheduler.config.num_train_timesteps
+    bar = tqdm(total=cfg.steps, initial=start, desc="distillation", disable=not progress)
+    handles = _capture(student, names, s_feats) + _capture(teacher, names, t_feats)
+    student.train()
+    for module in student.modules():  # conditioning dropout (DiT labels) would feed the student other inputs
+        if hasattr(module, "token_drop"):
+            module.eval()
+    try:
+        for step in range(start, cfg.steps):
+            index = torch.randint(len(data), (cfg.batch,), generator=g)
+            t = torch.randint(n_steps, (cfg.batch,), generator=g)
+            x0 = data.x0[index.to(device)]
+            eps = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
+            index, t = index.to(device), t.to(device)
+            x_t = noise_scheduler.add_noise(x0, eps, t)
+            with _seeded_global_rng(g, device):
+                with torch.no_grad():
+                    t_out = data.call(teacher, x_t, t, index).float()
+                s_out = data.call(student, x_t, t, index).float()
+            target = {"epsilon": eps, "sample": x0}.get(prediction)
+            if target is None:
+                target = noise_scheduler.get_velocity(x0, eps, t)
+            pred = s_out[:, :x0.shape[1]] if s_out.shape[1] == 2 * x0.shape[1] else s_out  # learned sigma
+            task = F.mse_loss(pred, target.float())
+            out_kd = F.mse_loss(s_out, t_out)
+            feat_kd = feature_loss(s_feats, t_feats, names, cfg.feature_kd) if names else torch.zeros(())
+            loss = cfg.w_task * task + cfg.w_out * out_kd + cfg.w_feat * feat_kd.to(task.device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            s_feats.clear()
+            t_feats.clear()
+
+            row = {"step": step, "loss": loss.item(), "task": task.item(), "out_kd": out_kd.item(),
+                   "feat_kd": feat_kd.item()}
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"})
+            done = step + 1
+            due = done == cfg.steps or (cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0)
+            if path is not None and due:
+                _save(path, student, opt, done, g, history, cfg, fingerprint)
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+        student.eval()
+    return history
