@@ -92,7 +92,14 @@ class Evaluator:
         graph = block_graph(denoiser, fine)
         blocks = resolve_blocks(denoiser, graph.names)
         args, kwargs = capture_denoiser_call(pipe, self.calibration)
-        self.profile: CostProfile = profile_denoiser(denoiser, blocks, args, kwargs)
+        profile = profile_denoiser(denoiser, blocks, args, kwargs)
+        # Blocks that cost nothing (layers removed by layer pruning are identities) need no probe, and have
+        # nothing of their own to probe: leave them out.
+        free = {n for n, m in zip(profile.blocks, profile.block_macs, strict=True) if m == 0}
+        blocks = {n: m for n, m in blocks.items() if n not in free}
+        self.profile: CostProfile = CostProfile(list(blocks), [m for n, m in zip(profile.blocks, profile.block_macs,
+                                                                                 strict=True) if n not in free],
+                                                profile.call_macs)
         self.probe = ExecutionProbe(denoiser, blocks, args, kwargs)
         self.cfg = 2 if guidance_scale > 1 else 1
 

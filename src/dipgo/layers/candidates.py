@@ -43,11 +43,14 @@ class Removed(nn.Module):
     convention (a tensor, ``(tensor,)`` for ``return_dict=False`` callers, an output object, or the joint
     ``(encoder_hidden_states, hidden_states)`` pair)."""
 
-    def __init__(self, kind: str, shortcut: nn.Module | None = None, scale: float = 1.0, returns: str = "tensor"):
+    def __init__(self, kind: str, shortcut: nn.Module | None = None, scale: float = 1.0, returns: str = "tensor",
+                 keep: dict[str, nn.Module] | None = None):
         super().__init__()
         self.kind, self.returns, self.scale = kind, returns, float(scale)
         if shortcut is not None:
             self.conv_shortcut = shortcut  # same attribute name as the resnet's, so its weights keep their keys
+        for attr, module in (keep or {}).items():  # parts the rest of the model reads from outside the layer
+            setattr(self, attr, module)
 
     def forward(self, *args, **kwargs):
         if self.returns == "joint":
@@ -70,7 +73,22 @@ class Removed(nn.Module):
         return f"removed {self.kind}"
 
 
-def _removed_form(module: nn.Module) -> Removed:
+def kept_parts(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """Submodules of a layer that the model uses from outside the layer, so they survive its removal:
+    DiT's final layer reads ``transformer_blocks[0].norm1.emb`` (the timestep and class embedding)."""
+    if type(model).__name__ == "DiTTransformer2DModel" and name == "transformer_blocks.0":
+        return {"norm1": model.get_submodule(name).norm1}
+    return {}
+
+
+def _removed_form(module: nn.Module, keep: dict[str, nn.Module] | None = None) -> Removed:
+    form = _bare_removed_form(module)
+    for attr, part in (keep or {}).items():
+        setattr(form, attr, part)
+    return form
+
+
+def _bare_removed_form(module: nn.Module) -> Removed:
     name = type(module).__name__
     if name == "ResnetBlock2D":
         if getattr(module, "upsample", None) is not None or getattr(module, "downsample", None) is not None:
@@ -129,7 +147,8 @@ def candidates(model: nn.Module, call: tuple[tuple, dict], names: list[str] | No
     modules = {n: model.get_submodule(n) for n in found}
     counter = count_macs(model, call[0], call[1], scopes=modules)
     kinds = {"ResnetBlock2D": "resnet", "Transformer2DModel": "attention", "Attention": "attention"}
-    return [Candidate(n, kinds.get(type(m).__name__, "block" if names is None else "module"), count_params(m),
+    return [Candidate(n, kinds.get(type(m).__name__, "block" if names is None else "module"),
+                      count_params(m) - sum(count_params(k) for k in kept_parts(model, n).values()),
                       counter.by_scope.get(n, 0)) for n, m in modules.items()]
 
 
@@ -153,7 +172,7 @@ def remove_layers(model: nn.Module, names: list[str]) -> nn.Module:
         module = model.get_submodule(n)
         if isinstance(module, Removed):
             raise DipgoError(f"layer {n} is already removed")
-        _swap(model, n, _removed_form(module))
+        _swap(model, n, _removed_form(module, kept_parts(model, n)))
     model._dipgo_removed = sorted(set(getattr(model, "_dipgo_removed", [])) | set(names))
     return model
 
@@ -164,7 +183,7 @@ def removed(model: nn.Module, names: list[str]) -> Iterator[nn.Module]:
     saved = {}
     try:
         for n in names:
-            saved[n] = _swap(model, n, _removed_form(model.get_submodule(n)))
+            saved[n] = _swap(model, n, _removed_form(model.get_submodule(n), kept_parts(model, n)))
         yield model
     finally:
         for n, module in saved.items():
