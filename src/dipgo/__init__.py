@@ -5,8 +5,9 @@
     dipgo.apply(pipe, schedule)                               # attach it: skipped blocks do no work
     dipgo.remove(pipe)                                        # detach it
 
-Layout (imports run one way, down): ``api``/``cli`` -> ``evaluate`` -> ``zoo`` -> ``cache`` (DiP-GO)
--> ``models`` (adapters, costs, pipeline helpers every method shares) -> ``errors``/``fileio``.
+Layout (imports run one way, down): ``cli`` -> ``evaluate`` -> ``zoo`` -> ``layers`` (LAPTOP-Diff)
+-> ``cache`` (DiP-GO; ``api`` is its facade) -> ``models`` (adapters, costs, pipeline helpers every method
+shares) -> ``errors``/``fileio``.
 """
 
 __version__ = "0.2.0"

@@ -276,13 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="blocks, parameters, MACs and measured latency per denoiser call")
-    info.add_argument("model", nargs="?", default="mnist-sd", help="zoo name, diffusers folder or hub id")
+    info.add_argument("model", help="zoo name, diffusers folder or hub id")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--runs", type=int, default=20, help="timed calls after warm-up (default 20)")
     info.set_defaults(fn=cmd_info)
 
     prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
-    prune.add_argument("model", nargs="?", default="mnist-sd", help="zoo name, diffusers folder or hub id")
+    prune.add_argument("model", help="zoo name, diffusers folder or hub id")
     prune.add_argument("--ratio", default="0.8",
                        help="pruned share of MACs in (0, 1); several, comma-separated, share one search")
     prune.add_argument("--steps", type=int, default=50, help="num_inference_steps the schedule is for")
@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("schedule")
     show.set_defaults(fn=cmd_show)
 
-    sample = sub.add_parser("sample", help="sample a grid of images (balanced over digits)")
-    sample.add_argument("model", nargs="?", default="mnist-sd")
+    sample = sub.add_parser("sample", help="sample a grid of images (balanced over the conditions)")
+    sample.add_argument("model", help="zoo name, diffusers folder or hub id")
     sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     sample.add_argument("--compare", action="store_true", help="with --schedule: full model above, dipgo below")
     sample.add_argument("--n", type=int, default=20, help="number of images")
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50)")
     sample.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
     sample.add_argument("--label", type=int, default=None, help="only this condition: an index into the prompts or "
-                        "class labels (zoo digits: the digit; default: all, in turn)")
+                        "class labels (default: all, in turn)")
     sample.add_argument("--batch", type=int, default=16)
     sample.add_argument("--out", default="grid.png")
     _calibration_args(sample)
@@ -327,13 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
                         "accuracy, PSNR/SSIM (JSON)")
-    ev.add_argument("model", nargs="?", default="mnist-sd")
+    ev.add_argument("model", help="zoo name, diffusers folder or hub id")
     ev.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     ev.add_argument("--method", default=None, help="full | steps:K | deepcache:N[,branch=B,mode=nonuniform] | "
                     "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE")
     ev.add_argument("--steps", type=int, default=None, help="base num_inference_steps (default: the schedule's or 50)")
     ev.add_argument("--scheduler", default=None, help="ddim (default), pndm, dpm++, euler")
-    ev.add_argument("--n", type=int, default=256, help="images (balanced digits)")
+    ev.add_argument("--n", type=int, default=256, help="images (balanced over the conditions)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--batch", type=int, default=32)
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
                          "distillation); writes a pipeline folder")
-    lay.add_argument("model", nargs="?", default="mnist-sd")
+    lay.add_argument("model", help="zoo name, diffusers folder or hub id")
     lay.add_argument("--ratio", type=float, default=None, help="removed share of the denoiser's parameters (or MACs "
                      "with --by macs), in (0, 1)")
     lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
@@ -363,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     lay.set_defaults(fn=cmd_layers)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
-    bench.add_argument("models", nargs="*", help="zoo models (default: mnist-sd mnist-dit)")
-    bench.add_argument("--quick", action="store_true", help="a few minutes: mnist-sd, DDIM-20, 2 budgets, 32 images")
+    bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")
+    bench.add_argument("--quick", action="store_true", help="a few minutes: the zoo's SD model, DDIM-20, 2 budgets, "
+                       "32 images")
     bench.add_argument("--bases", default=None, help="comma-separated base step counts (default 50,20)")
     bench.add_argument("--budgets", default=None, help="comma-separated MACs reduction factors (default 2,3,4.4)")
     bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "

@@ -41,7 +41,7 @@ from .runtime import attach, detach
 from .schedule import config_hash
 
 LOSSES = ("ssim", "l1", "l2")
-# Per-call gradient checkpointing halves the search's peak memory (667 MB vs 1,275 MB for mnist-sd, 50 steps,
+# Per-call gradient checkpointing halves the search's peak memory (667 MB vs 1,275 MB for the zoo's SD model, 50 steps,
 # 4 images) but costs ~1.5x the time. Small models fit easily without it; SD-sized ones (860M) do not.
 AUTO_CHECKPOINT_PARAMS = 100_000_000
 

@@ -41,21 +41,22 @@ from .evaluation import Evaluator, Judge, compare
 FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
 # One search per (model, base, budget), from both initialisations (everything kept, as the paper; and
 # the fewer-steps schedule at the budget); the one with the lower consistency loss over its last 10
-# iterations (its own random samples, not the evaluation seeds) is used. Measured on mnist-sd DDIM-20:
+# iterations (its own random samples, not the evaluation seeds) is used. Measured on the zoo's SD model, DDIM-20:
 # scores from one search at ratio 0.78 thresholded to 2x gave 28.6 dB PSNR against 32.8 dB for a search
 # at 2x, so one search per budget it is.
 SEARCH_ITERATIONS = 60
 INITS = ("keep", "uniform")
 
 
-def search_batch(model: str, base: int) -> int:
-    """Images per search iteration: 4 where a 50-call unrolled run is cheap, else 2 (DiT calls cost 4x)."""
-    return 4 if model == "mnist-sd" and base <= 20 else 2
+def search_batch(pipe, base: int) -> int:
+    """Images per search iteration: 4 for a UNet at <= 20 steps (cheap unrolled runs), else 2 (the zoo's
+    DiT calls cost 4x the UNet's)."""
+    return 4 if hasattr(denoiser_of(pipe), "up_blocks") and base <= 20 else 2
 
 
 @dataclass
 class BenchConfig:
-    models: list[str] = field(default_factory=lambda: ["mnist-sd", "mnist-dit"])
+    models: list[str] = field(default_factory=lambda: zoo.zoo_names())
     bases: list[int] = field(default_factory=lambda: [50, 20])
     budgets: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.4])
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
@@ -83,7 +84,7 @@ class BenchConfig:
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
         """A few minutes: the UNet, the 20-step base, two budgets, 32 images."""
-        base = {"models": ["mnist-sd"], "bases": [20], "budgets": [2.0, 4.4], "n": 32, "batch": 16,
+        base = {"models": zoo.zoo_names(quick=True), "bases": [20], "budgets": [2.0, 4.4], "n": 32, "batch": 16,
                 "tag": "bench-quick"}
         base.update(kw)
         return cls(**base)
@@ -100,7 +101,7 @@ def search_for_budget(pipe, model: str, base: int, guidance: float, budget: floa
         path = directory / f"{model}-ddim{base}-x{budget:g}-{init}.json"
         if not path.exists():
             cfg = SearchConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
-                               iterations=SEARCH_ITERATIONS, batch=search_batch(model, base), init=init)
+                               iterations=SEARCH_ITERATIONS, batch=search_batch(pipe, base), init=init)
             ckpt = path.with_name(path.name + ".search.pt")
             save_result(Search(pipe, cfg, checkpoint_path=ckpt, calibration=calibration).run(progress=progress), path)
             ckpt.unlink(missing_ok=True)
@@ -284,8 +285,8 @@ def markdown(report: dict) -> str:
              f"batch {cfg['batch']}, whole run {report['seconds'] / 60:.1f} min.", "",
              "MACs: denoiser MACs per image (CFG included) of the blocks that actually ran. Wall: whole pipeline "
              "per image, median over batches (first batch not timed) [25-75 %]. PSNR/SSIM: against the full model's "
-             "image from the same seed (8-bit). FID: against 5,000 MNIST images (at this n, FID is biased upward; "
-             "compare within a table).", ""]
+             "image from the same seed (8-bit). FID: against the model's reference statistics (at this n, FID is "
+             "biased upward; compare within a table).", ""]
     for c in report.get("corrections", []):
         lines += [f"Correction: {c['what']}.", ""]
     by = {}

@@ -111,12 +111,14 @@ def _read_card(folder: Path) -> dict:
     return card
 
 
-def zoo_names() -> list[str]:
-    """The zoo models: folders under :func:`zoo_root` with a diffusers ``model_index.json`` and a card."""
+def zoo_names(quick: bool = False) -> list[str]:
+    """The zoo models: folders under :func:`zoo_root` with a diffusers ``model_index.json`` and a card
+    (``quick=True``: only those whose card marks them for the quick bench, ``"bench_quick": true``)."""
     root = zoo_root()
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file() and (p / CARD).is_file())
+    names = sorted(p.name for p in root.iterdir() if (p / "model_index.json").is_file() and (p / CARD).is_file())
+    return [n for n in names if _read_card(root / n).get("bench_quick")] if quick else names
 
 
 def resolve(model: str) -> ModelSource:
