@@ -42,7 +42,7 @@ def quality_pass(model: str, args) -> None:
     from dipgo.cache.search import Search, SearchConfig
     from dipgo.evaluate.baselines import AppliedSchedule, Full
     from dipgo.evaluate.evaluation import Evaluator, Judge, compare
-    from dipgo.layers import layer_scores, prune_layers, save_pruned
+    from dipgo.layers import layer_scores, load_pruned, prune_layers, save_pruned
     from dipgo.layers.criteria import additivity
     from dipgo.layers.data import capture_calls
     from dipgo.layers.select import select
@@ -57,6 +57,15 @@ def quality_pass(model: str, args) -> None:
     common = dict(n_images=8, num_inference_steps=20, guidance_scale=guidance)
     report: dict = {"model": model, "n": args.n, "steps": args.steps, "retrain_steps": args.retrain_steps,
                     "retrain_batch": args.batch, "lr": args.lr, "threads": args.threads, "rows": []}
+    settings = ("n", "steps", "retrain_steps", "retrain_batch", "lr")
+    previous = OUT / f"{model}.json"
+    if previous.exists():  # an interrupted run: rows already measured with these settings are kept
+        old = json.loads(previous.read_text())
+        if all(old.get(k) == report[k] for k in settings):
+            report["rows"] = [r for r in old["rows"] if not r["label"].startswith("DiP-GO")]
+
+    def done(label: str, ratio: float) -> bool:
+        return any(r["label"] == label and r["ratio"] == ratio for r in report["rows"])
 
     def evaluate(p, label: str, extra: dict, applied=None) -> dict:
         ev = Evaluator(p, args.n, 0, guidance, 32, cal, judge)
@@ -103,13 +112,22 @@ def quality_pass(model: str, args) -> None:
     best = None
     for ratio in RATIOS:
         for criterion in ("output", "magnitude", "similarity", "handcrafted"):
-            res = prune_layers(pipe, ratio, criterion, calibration=cal, progress=False, **common)
+            if done(f"{criterion}, one-shot", ratio):
+                continue
+            res = prune_layers(pipe, ratio, criterion, calibration=cal, progress=False,
+                               scored=scored[criterion][:2], **common)
             save_pruned(res.pipe, MODELS / f"{model}-{criterion}-r{ratio:g}-oneshot", res.info())
             evaluate(res.pipe, f"{criterion}, one-shot", {"ratio": ratio, "criterion": criterion, "kd": None,
                                                           "params": res.params, "layers": res.selection.names})
         for criterion, kd in (("output", "normalized"), ("output", "plain"), ("handcrafted", "normalized")):
             tag = f"{model}-{criterion}-r{ratio:g}-{kd}"
+            if done(f"{criterion} + {kd} KD", ratio):
+                rec = next(r for r in report["rows"] if r["label"] == f"{criterion} + {kd} KD" and r["ratio"] == ratio)
+                if ratio == max(RATIOS) and (best is None or rec["fid"] < best[1]["fid"]):
+                    best = (load_pruned(MODELS / tag), rec)
+                continue
             res = prune_layers(pipe, ratio, criterion, calibration=cal, retrain_steps=args.retrain_steps,
+                               scored=scored[criterion][:2],
                                feature_kd=kd, data=data, distill_kwargs={"batch": args.batch, "lr": args.lr},
                                checkpoint=str(MODELS / f"{tag}.distill.pt"), progress=True, **common)
             save_pruned(res.pipe, MODELS / tag, res.info())

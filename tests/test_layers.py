@@ -179,6 +179,11 @@ def test_retraining_end_to_end_and_zoo_data(sd, sd_pipe, tmp_path):
                        n_images=2, progress=False, retrain_steps=3, data=data, distill_kwargs={"batch": 2},
                        checkpoint=tmp_path / "d.pt", call_kwargs={"height": 16, "width": 16})
     assert len(res.history) == 3 and (tmp_path / "d.pt").is_file()
+    assert all(p.requires_grad for p in sd.unet.parameters())  # the teacher is handed back as it was given
+    again = prune_layers(sd, 0.2, "magnitude", calibration=PROMPTS, guidance_scale=2.0, num_inference_steps=3,
+                         n_images=2, progress=False, retrain_steps=1, data=data, distill_kwargs={"batch": 2},
+                         call_kwargs={"height": 16, "width": 16})
+    assert len(again.history) == 1
     source = zoo.resolve("mnist-sd")
     train = source.training_set(sd_pipe, default_calibration(sd_pipe, defaults=source.defaults))
     assert train.x0.shape == (5000, 4, 8, 8) and train.cond["encoder_hidden_states"].shape[0] == 5000

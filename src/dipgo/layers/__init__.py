@@ -79,12 +79,14 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
                  calibration: Calibration | None = None, retrain_steps: int = 0, feature_kd: str = "normalized",
                  data: TrainingSet | None = None, distill_kwargs: dict | None = None, n_images: int = 8,
                  num_inference_steps: int = 20, guidance_scale: float | None = None, checkpoint=None,
-                 progress: bool = True, call_kwargs: dict | None = None) -> LayerPruning:
+                 progress: bool = True, call_kwargs: dict | None = None,
+                 scored: tuple[list[Candidate], dict] | None = None) -> LayerPruning:
     """Remove layers worth ``ratio`` of the denoiser's parameters (``by="macs"``: of its MACs per call).
 
     The original pipeline is left untouched: the result's pipeline shares its other components and has a
     pruned copy of the denoiser. ``retrain_steps > 0`` retrains that copy by distillation on ``data``
-    (default: a set the full model generates on the calibration inputs).
+    (default: a set the full model generates on the calibration inputs). ``scored``: candidates and
+    scores from :func:`layer_scores` of the same criterion, to skip computing them again.
     """
     if not 0.0 < ratio < 1.0:
         raise DipgoError(f"ratio must be in (0, 1) (the removed share of the denoiser's {by}), got {ratio}")
@@ -94,9 +96,12 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
     calibration = calibration or default_calibration(pipe)
     extra = dict(call_kwargs or {})
     t0 = time.perf_counter()
-    cands, score, _ = layer_scores(pipe, criterion, calibration, n_images=n_images,
-                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                   progress=progress, call_kwargs=extra)
+    if scored is None:
+        cands, score, _ = layer_scores(pipe, criterion, calibration, n_images=n_images,
+                                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                       progress=progress, call_kwargs=extra)
+    else:  # candidates and scores computed before (``layer_scores``), e.g. for several ratios
+        cands, score = scored
     teacher = denoiser_of(pipe)
     call = capture_denoiser_call(pipe, calibration, **extra)
     params_full, macs_full = total_cost(teacher, call)
@@ -106,7 +111,7 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
     else:
         selection = select(cands, score, ratio, total, by, method)
     seconds = {"criterion": round(time.perf_counter() - t0, 1)}
-    student = remove_layers(copy.deepcopy(teacher), selection.names).eval()
+    student = remove_layers(copy.deepcopy(teacher), selection.names).eval().requires_grad_(True)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # not shared: hooks wrap it
     pruned = type(pipe)(**{**pipe.components, denoiser_attr(pipe): student, "scheduler": scheduler})
     if hasattr(pipe, "labels"):  # DiTPipeline's id2label

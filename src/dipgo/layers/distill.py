@@ -172,7 +172,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
     ``noise_scheduler`` makes the noisy inputs and the task target: a ``DDPMScheduler`` built from the
     pipeline's scheduler config. ``checkpoint``: saved atomically every ``checkpoint_every`` steps and at
     the end; an existing one is resumed exactly. Returns one dict per step (step, loss, task, out_kd,
-    feat_kd). The teacher is put in eval mode without gradients; the student ends in eval mode.
+    feat_kd). The teacher runs in eval mode without gradients (its flags are restored at the end); the
+    student ends in eval mode.
     """
     cfg = config
     if cfg.steps == 0:
@@ -185,6 +186,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
     prediction = noise_scheduler.config.prediction_type
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise DipgoError(f"cannot train a denoiser with prediction_type {prediction!r}")
+    teacher_trainable = [p for p in teacher.parameters() if p.requires_grad]
     teacher.eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -245,4 +247,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
             h.remove()
         bar.close()
         student.eval()
+        for p in teacher_trainable:  # the caller's model is left as it was given
+            p.requires_grad_(True)
     return history
