@@ -62,7 +62,7 @@ def quality_pass(model: str, args) -> None:
     if previous.exists():  # an interrupted run: rows already measured with these settings are kept
         old = json.loads(previous.read_text())
         if all(old.get(k) == report[k] for k in settings):
-            report["rows"] = [r for r in old["rows"] if not r["label"].startswith("DiP-GO")]
+            report["rows"] = [r for r in old["rows"] if args.extra_steps or not r["label"].startswith("DiP-GO")]
 
     def done(label: str, ratio: float) -> bool:
         return any(r["label"] == label and r["ratio"] == ratio for r in report["rows"])
@@ -137,6 +137,23 @@ def quality_pass(model: str, args) -> None:
                 "final_loss": res.history[-1] if res.history else None})
             if ratio == max(RATIOS) and (best is None or rec["fid"] < best[1]["fid"]):
                 best = (res.pipe, rec)
+    if args.extra_steps:  # the KD comparison again with a longer budget, at the largest ratio only
+        for kd in ("normalized", "plain"):
+            label, ratio = f"output + {kd} KD, {args.extra_steps} steps", max(RATIOS)
+            if done(label, ratio):
+                continue
+            tag = f"{model}-output-r{ratio:g}-{kd}-{args.extra_steps}"
+            res = prune_layers(pipe, ratio, "output", calibration=cal, retrain_steps=args.extra_steps, feature_kd=kd,
+                               data=data, distill_kwargs={"batch": args.batch, "lr": args.lr},
+                               checkpoint=str(MODELS / f"{tag}.distill.pt"), progress=True,
+                               scored=scored["output"][:2], **common)
+            save_pruned(res.pipe, MODELS / tag, res.info())
+            evaluate(res.pipe, label, {"ratio": ratio, "criterion": "output", "kd": kd, "params": res.params,
+                                       "layers": res.selection.names, "retrain_steps": args.extra_steps,
+                                       "retrain_seconds": res.seconds.get("retrain"), "folder": tag})
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        (OUT / f"{model}.json").write_text(json.dumps(report, indent=1))
+        return
     # DiP-GO on top of the best 50 % model
     pruned, rec = best
     set_scheduler(pruned, "ddim")
@@ -183,7 +200,9 @@ def latency_pass() -> None:
         full = latency(pipe)
         report["full"]["latency_ms"] = full
         for row in report["rows"]:
-            tag = (f"{model}-{row['criterion']}-r{row['ratio']:g}-{row['kd'] or 'oneshot'}")
+            if "dipgo_ratio" in row:  # a schedule's speed is a whole-pipeline matter: see its MACs column
+                continue
+            tag = row.get("folder") or f"{model}-{row['criterion']}-r{row['ratio']:g}-{row['kd'] or 'oneshot'}"
             folder = MODELS / tag
             if folder.exists():
                 row["denoiser_latency_ms"] = latency(load_pruned(folder))
@@ -245,6 +264,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extra-steps", type=int, default=0, help="only add the normalised/plain KD rows at 50 %% with "
+                   "this many retraining steps (after a full run)")
     p.add_argument("--latency", action="store_true")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
