@@ -195,20 +195,24 @@ def latency_pass() -> None:
                           and v.shape[0] == 1 else v) for k, v in kwargs.items()}
             den = denoiser_of(p)
             with torch.no_grad():
-                return measure_latency(lambda: den(*args, **kwargs), runs=20, warmup=3).median_ms
+                return measure_latency(lambda: den(*args, **kwargs), runs=60, warmup=5).median_ms
 
         full = latency(pipe)
         report["full"]["latency_ms"] = full
+        measured: dict[tuple, float] = {}  # one measurement per architecture: rows with the same layers share it
         for row in report["rows"]:
             if "dipgo_ratio" in row:  # a schedule's speed is a whole-pipeline matter: see its MACs column
                 continue
             tag = row.get("folder") or f"{model}-{row['criterion']}-r{row['ratio']:g}-{row['kd'] or 'oneshot'}"
             folder = MODELS / tag
-            if folder.exists():
-                row["denoiser_latency_ms"] = latency(load_pruned(folder))
-                row["latency_ratio"] = full / row["denoiser_latency_ms"]
-        report["latency_note"] = ("denoiser call at batch 32 (16 images with CFG), median of 20 after 3 warm-up, "
-                                  "2 threads, measured alone on the machine")
+            key = tuple(row["layers"])
+            if key not in measured and folder.exists():
+                measured[key] = latency(load_pruned(folder))
+            if key in measured:
+                row["denoiser_latency_ms"] = measured[key]
+                row["latency_ratio"] = full / measured[key]
+        report["latency_note"] = ("denoiser call at batch 32 (16 images with CFG), median of 60 after 5 warm-up, "
+                                  "2 threads, measured alone on the machine, once per distinct set of removed layers")
         path.write_text(json.dumps(report, indent=1))
         print(f"{model}: latency measured for {sum('latency_ratio' in r for r in report['rows'])} rows")
 
