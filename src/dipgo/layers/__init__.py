@@ -23,11 +23,11 @@ import torch
 from ..errors import DipgoError
 from ..models.calibration import Calibration
 from ..models.costs import count_params
-from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
+from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_name, denoiser_of
 from .candidates import Candidate, candidates, remove_layers, total_cost
 from .criteria import CRITERIA, handcrafted_order, scores
 from .data import CallSet, TrainingSet, capture_calls, teacher_set
-from .io import denoiser_attr, load_pruned, save_pruned
+from .io import load_pruned, save_pruned
 from .select import Selection, select
 
 __all__ = ["prune_layers", "layer_scores", "LayerPruning", "save_pruned", "load_pruned", "CRITERIA"]
@@ -59,15 +59,15 @@ class LayerPruning:
 
 def layer_scores(pipe, criterion: str = "output", calibration: Calibration | None = None, *,
                  n_images: int = 8, num_inference_steps: int = 20, guidance_scale: float | None = None,
-                 names: list[str] | None = None, progress: bool = True, call_kwargs: dict | None = None
-                 ) -> tuple[list[Candidate], dict, CallSet | None]:
+                 names: list[str] | None = None, progress: bool = True, call_kwargs: dict | None = None,
+                 call: tuple[tuple, dict] | None = None) -> tuple[list[Candidate], dict, CallSet | None]:
     """Candidates, their scores under ``criterion`` (lower = remove first), and the calibration calls used."""
     if criterion not in CRITERIA:
         raise DipgoError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
     calibration = calibration or default_calibration(pipe)
     den = denoiser_of(pipe)
     extra = dict(call_kwargs or {})
-    cands = candidates(den, capture_denoiser_call(pipe, calibration, **extra), names)
+    cands = candidates(den, call or capture_denoiser_call(pipe, calibration, **extra), names)
     calls = None
     if criterion in ("output", "similarity"):
         calls = capture_calls(pipe, calibration, n_images, num_inference_steps, guidance_scale, progress=progress,
@@ -96,14 +96,14 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
     calibration = calibration or default_calibration(pipe)
     extra = dict(call_kwargs or {})
     t0 = time.perf_counter()
+    call = capture_denoiser_call(pipe, calibration, **extra)  # one call's inputs: for every cost below
     if scored is None:
         cands, score, _ = layer_scores(pipe, criterion, calibration, n_images=n_images,
                                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                       progress=progress, call_kwargs=extra)
+                                       progress=progress, call_kwargs=extra, call=call)
     else:  # candidates and scores computed before (``layer_scores``), e.g. for several ratios
         cands, score = scored
     teacher = denoiser_of(pipe)
-    call = capture_denoiser_call(pipe, calibration, **extra)
     params_full, macs_full = total_cost(teacher, call)
     total = params_full if by == "params" else macs_full
     if criterion == "handcrafted":
@@ -113,7 +113,7 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
     seconds = {"criterion": round(time.perf_counter() - t0, 1)}
     student = remove_layers(copy.deepcopy(teacher), selection.names).eval().requires_grad_(True)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # not shared: hooks wrap it
-    pruned = type(pipe)(**{**pipe.components, denoiser_attr(pipe): student, "scheduler": scheduler})
+    pruned = type(pipe)(**{**pipe.components, denoiser_name(pipe): student, "scheduler": scheduler})
     if hasattr(pipe, "labels"):  # DiTPipeline's id2label
         pruned.labels = pipe.labels
     pruned.set_progress_bar_config(disable=True)

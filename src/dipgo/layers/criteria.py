@@ -21,7 +21,7 @@ import torch
 
 from ..errors import DipgoError
 from .candidates import Candidate, _removed_form, removed
-from .data import CallSet
+from .data import CallSet, output_of
 
 CRITERIA = ("output", "magnitude", "similarity", "handcrafted")
 
@@ -55,8 +55,6 @@ def similarity_scores(model: torch.nn.Module, calls: CallSet, cands: list[Candid
         bypass = _removed_form(module)
 
         def hook(m, args, kwargs, out, name=c.name, bypass=bypass):
-            from .data import output_of
-
             kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
             a = output_of(out) if not isinstance(out, tuple) or len(out) != 2 else out[1]
             skip = bypass(*args, **kwargs)

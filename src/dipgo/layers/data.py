@@ -121,7 +121,8 @@ class TrainingSet:
         return output_of(model(**kwargs))
 
 
-def _arg_names(denoiser: torch.nn.Module) -> tuple[str, str]:
+def denoiser_arg_names(denoiser: torch.nn.Module) -> tuple[str, str]:
+    """The names of the denoiser's first two parameters: the noisy sample and the timestep."""
     params = [p for p in inspect.signature(denoiser.forward).parameters if p not in ("self",)]
     return params[0], params[1]
 
@@ -132,7 +133,7 @@ def conditional_kwargs(pipe, calibration: Calibration, conditions: Sequence[int]
     a call without guidance (so every row is conditional): text embeddings, pooled embeddings, class labels."""
     denoiser = denoiser_of(pipe)
     box: dict = {}
-    sample_arg, timestep_arg = _arg_names(denoiser)
+    sample_arg, timestep_arg = denoiser_arg_names(denoiser)
 
     class _Stop(Exception):
         pass
@@ -160,7 +161,7 @@ def teacher_set(pipe, calibration: Calibration, n: int = 256, num_inference_step
     """A training set made by the full model itself (no data needed): its final latents for ``n`` calibration
     conditions (with the user's guidance), paired with those conditions' conditional embeddings."""
     denoiser = denoiser_of(pipe)
-    sample_arg, timestep_arg = _arg_names(denoiser)
+    sample_arg, timestep_arg = denoiser_arg_names(denoiser)
     conditions = calibration.cycle(n)
     latents, cond_rows, static = [], [], {}
     for start in tqdm(range(0, n, batch), desc="teacher samples", disable=not progress, leave=False):

@@ -17,18 +17,11 @@ import torch
 from ..cache.schedule import config_hash
 from ..errors import DipgoError
 from ..fileio import atomic_path
-from ..models.pipelines import denoiser_of, quiet_libraries
+from ..models.pipelines import denoiser_name, denoiser_of, quiet_libraries
 from .candidates import remove_layers
 
 INFO = "dipgo-layers.json"
 FORMAT, VERSION = "dipgo-layers", 1
-
-
-def denoiser_attr(pipe) -> str:
-    for attr in ("unet", "transformer"):
-        if isinstance(getattr(pipe, attr, None), torch.nn.Module):
-            return attr
-    raise DipgoError(f"{type(pipe).__name__} has no 'unet' or 'transformer' to prune")
 
 
 def base_hash(model: torch.nn.Module) -> str:
@@ -52,7 +45,7 @@ def save_pruned(pipe, folder: str | Path, info: dict | None = None) -> Path:
     if not removed:
         raise DipgoError("this pipeline's denoiser has no removed layers; save it with pipe.save_pretrained")
     pipe.save_pretrained(folder)
-    record = {"format": FORMAT, "version": VERSION, "denoiser": denoiser_attr(pipe),
+    record = {"format": FORMAT, "version": VERSION, "denoiser": denoiser_name(pipe),
               "base_model_class": type(den).__name__, "base_config_hash": base_hash(den), "removed": removed,
               "params": sum(p.numel() for p in den.parameters()), **(info or {})}
     with atomic_path(folder / INFO) as tmp:

@@ -73,16 +73,18 @@ def load_pipeline(target: str | Path, dtype: torch.dtype = torch.float32, progre
     return pipe
 
 
-def denoiser_of(pipe) -> torch.nn.Module:
-    """The network a pipeline calls once per step (UNet or transformer); a bare module is its own."""
-    if isinstance(pipe, torch.nn.Module):
-        return pipe
+def denoiser_name(pipe) -> str:
+    """The pipeline component that is called once per step: ``unet``, ``transformer`` or ``prior``."""
     for attr in ("unet", "transformer", "prior"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, torch.nn.Module):
-            return module
+        if isinstance(getattr(pipe, attr, None), torch.nn.Module):
+            return attr
     raise DipgoError(f"{type(pipe).__name__} has no 'unet' or 'transformer' component to accelerate; "
                      "for your own model pass the module itself (dipgo.prune(sample_fn, denoiser=module, ...))")
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The network a pipeline calls once per step (UNet or transformer); a bare module is its own."""
+    return pipe if isinstance(pipe, torch.nn.Module) else getattr(pipe, denoiser_name(pipe))
 
 
 # ------------------------------------------------------------------------------------------ schedulers

@@ -125,7 +125,7 @@ def training_set(pipe, calibration):
     """The zoo model's own training data as a :class:`dipgo.layers.data.TrainingSet`: the 5,000 MNIST
     images as VAE latents (posterior means, scaled as in training), each with the conditioning of its
     digit (condition index = digit, as in the zoo's ``dipgo.json``)."""
-    from ..layers.data import TrainingSet, _arg_names, conditional_kwargs
+    from ..layers.data import TrainingSet, conditional_kwargs, denoiser_arg_names
     from ..models.pipelines import denoiser_of
 
     images, labels = load_mnist()
@@ -135,4 +135,4 @@ def training_set(pipe, calibration):
     per_digit = conditional_kwargs(pipe, calibration, list(range(10)))
     cond = {k: v[labels] for k, v in per_digit.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 10}
     static = {k: v for k, v in per_digit.items() if k not in cond}
-    return TrainingSet(latents, cond, static, *_arg_names(denoiser_of(pipe)))
+    return TrainingSet(latents, cond, static, *denoiser_arg_names(denoiser_of(pipe)))
