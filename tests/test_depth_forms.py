@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families import tiny_dit, tiny_pixart, tiny_sd
 from torch import nn
 
 from dipgo.depth.forms import (
@@ -16,7 +17,6 @@ from dipgo.depth.forms import (
     pruned_form,
 )
 from dipgo.errors import DipgoError
-from families import tiny_dit, tiny_pixart, tiny_sd
 
 
 def _randomise_norms(form):

@@ -5,8 +5,10 @@
     dipgo.apply(pipe, schedule)                               # attach it: skipped blocks do no work
     dipgo.remove(pipe)                                        # detach it
 
-Layout (imports run one way, down): ``cli`` -> ``evaluate`` -> ``zoo`` -> ``layers`` (LAPTOP-Diff)
--> ``cache`` (DiP-GO; ``api`` is its facade) -> ``models`` (adapters, costs, pipeline helpers every method
+    pipe = dipgo.load_pruned("out/folder")                    # a layer- or depth-pruned model, stock class
+
+Layout (imports run one way, down): ``cli`` -> ``evaluate`` -> ``zoo`` -> ``depth`` (UPDP) -> ``layers``
+(LAPTOP-Diff) -> ``cache`` (DiP-GO; ``api`` is its facade) -> ``models`` (adapters, costs, pipeline helpers every method
 shares) -> ``errors``/``fileio``.
 """
 
@@ -15,8 +17,9 @@ __version__ = "0.2.0"
 from .api import apply, is_applied, prune, remove, summary  # noqa: E402
 from .cache.postprocess import schedule_at_ratio  # noqa: E402
 from .cache.schedule import Schedule, ScheduleError  # noqa: E402
+from .depth.io import load_pruned  # noqa: E402
 from .errors import DipgoError  # noqa: E402
 from .models.calibration import Calibration  # noqa: E402
 
 __all__ = ["apply", "remove", "summary", "prune", "is_applied", "schedule_at_ratio", "Schedule",
-           "ScheduleError", "DipgoError", "Calibration"]
+           "ScheduleError", "DipgoError", "Calibration", "load_pruned"]

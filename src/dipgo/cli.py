@@ -6,6 +6,8 @@
     dipgo show FILE                                 what a schedule computes and skips
     dipgo eval MODEL [--schedule FILE | --method SPEC] --n K --json FILE
     dipgo bench [MODEL ...] [--quick]               every method at every budget -> benchmarks/results/bench/
+    dipgo layers MODEL --ratio R [--retrain-steps N] --out DIR      LAPTOP-Diff layer pruning
+    dipgo depth MODEL --ratio R [--train-steps N] --out DIR         UPDP depth pruning (merged blocks)
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import DipgoError
+from .fileio import atomic_path
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -64,8 +68,6 @@ def _load(args):
 
 
 def cmd_prune(args) -> int:
-    from pathlib import Path
-
     from .cache.postprocess import schedule_at_ratio
     from .cache.search import Search, SearchConfig
     from .models.pipelines import set_scheduler
@@ -151,12 +153,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from pathlib import Path
-
     from .cache.schedule import Schedule
     from .evaluate.baselines import FromSchedule, parse_method
     from .evaluate.evaluation import Judge, evaluate
-    from .fileio import atomic_path
     from .models.pipelines import set_scheduler
 
     if args.schedule and args.method:
@@ -185,10 +184,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_layers(args) -> int:
-    import json as _json
-    from pathlib import Path
+def _write_card(source, out) -> None:
+    """The source's zoo card, copied into a pruned folder so that ``dipgo eval OUT`` judges it the same way."""
+    card = dict(source.card)
+    if source.fid_reference is not None:  # keep the judge: the reference path must resolve from the new folder
+        card["fid_reference"] = str(source.fid_reference.resolve())
+    card["pruned_from"] = source.name
+    with atomic_path(Path(out) / "dipgo.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=1))
 
+
+def _print_costs(result) -> None:
+    print(f"params {_fmt(result.params_full)} -> {_fmt(result.params)} ({1 - result.params / result.params_full:.1%} "
+          f"fewer); MACs/call {_fmt(result.macs_full)} -> {_fmt(result.macs)} "
+          f"({result.macs_full / result.macs:.2f}x fewer)")
+
+
+def cmd_depth(args) -> int:
+    from .depth import depth_scores, prune_depth, save_depth
+    from .layers import save_pruned
+
+    pipe, source, calibration = _load(args)
+    guidance = _guidance(args, source)
+    scored = depth_scores(pipe, calibration, n_images=args.calib_images, num_inference_steps=args.steps,
+                          guidance_scale=guidance, progress=True)
+    if args.scores:
+        cands, scores = scored[0], scored[1]
+        print(f"{'block':<30}{'kind':>13}{'params saved':>14}{'MACs saved':>12}{'linearise loss':>16}")
+        for c in sorted(cands, key=lambda c: scores[c.name]):
+            print(f"{c.name:<30}{c.kind:>13}{_fmt(c.params):>14}{_fmt(c.macs):>12}{scores[c.name]:>16.6g}")
+        return 0
+    if args.ratio is None or args.out is None:
+        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
+    data = source.training_set(pipe, calibration) if args.train_steps > 0 else None
+    if args.train_steps > 0:
+        print("training on " + ("the model's own training data" if data is not None else
+                                "images the full model generates on the calibration inputs"))
+    result = prune_depth(pipe, args.ratio, by=args.by, mode=args.mode, train_steps=args.train_steps,
+                         calibration=calibration, data=data, feature_kd=args.feature_kd,
+                         distill_kwargs={"batch": args.batch, "lr": args.lr}, ramp_share=args.ramp,
+                         num_inference_steps=args.steps, guidance_scale=guidance, scored=scored,
+                         checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
+    out = (save_pruned if args.mode == "remove" else save_depth)(result.pipe, args.out, result.info())
+    _write_card(source, out)
+    verb = "removed" if args.mode == "remove" else "merged"
+    print(f"{verb} {len(result.selection.names)} of {len(result.candidates)} blocks ({args.mode}): "
+          + ", ".join(result.selection.names))
+    _print_costs(result)
+    print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
+    return 0
+
+
+def cmd_layers(args) -> int:
     from .layers import layer_scores, prune_layers, save_pruned
     from .models.pipelines import denoiser_of
 
@@ -214,16 +261,10 @@ def cmd_layers(args) -> int:
                           num_inference_steps=args.steps, guidance_scale=guidance,
                           checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
     out = save_pruned(result.pipe, args.out, result.info())
-    card = dict(source.card)
-    if source.fid_reference is not None:  # keep the judge: the reference path must resolve from the new folder
-        card["fid_reference"] = str(source.fid_reference.resolve())
-    card["pruned_from"] = source.name
-    (Path(out) / "dipgo.json").write_text(_json.dumps(card, indent=1))
+    _write_card(source, out)
     print(f"removed {len(result.selection.names)} layers ({result.selection.method}, {args.criterion}): "
           + ", ".join(result.selection.names))
-    print(f"params {_fmt(result.params_full)} -> {_fmt(result.params)} ({1 - result.params / result.params_full:.1%} "
-          f"fewer); MACs/call {_fmt(result.macs_full)} -> {_fmt(result.macs)} "
-          f"({result.macs_full / result.macs:.2f}x fewer)")
+    _print_costs(result)
     print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
     return 0
 
@@ -244,8 +285,6 @@ def cmd_bench(args) -> int:
     if args.methods:
         kw["families"] = [m.strip() for m in args.methods.split(",")]
     if args.report_only:
-        from pathlib import Path
-
         report = json.loads(Path(args.report_only).read_text())
         for path in write_reports(report, Path(args.report_only).parent):
             print(f"wrote {path}")
@@ -361,6 +400,29 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--out", default=None, help="output folder")
     _calibration_args(lay)
     lay.set_defaults(fn=cmd_layers)
+
+    dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
+                         "writes a pipeline folder")
+    dep.add_argument("model", help="zoo name, diffusers folder or hub id")
+    dep.add_argument("--ratio", type=float, default=None, help="share of the candidate blocks to merge (or of the "
+                     "MACs / params merging saves, with --by), in (0, 1)")
+    dep.add_argument("--by", default="depth", choices=("depth", "macs", "params"))
+    dep.add_argument("--mode", default="progressive", choices=("progressive", "abrupt", "remove"),
+                     help="progressive UPDP (default), abrupt linearisation, or plain block removal")
+    dep.add_argument("--train-steps", type=int, default=0, help="distillation steps (0: no training)")
+    dep.add_argument("--ramp", type=float, default=0.5, help="share of the training over which the blend factor "
+                     "ramps 0 -> 1 (progressive)")
+    dep.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
+    dep.add_argument("--batch", type=int, default=32)
+    dep.add_argument("--lr", type=float, default=1e-4)
+    dep.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
+    dep.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
+    dep.add_argument("--guidance", type=float, default=None)
+    dep.add_argument("--scores", action="store_true", help="only print every candidate block's score and savings")
+    dep.add_argument("--checkpoint", default=None, help="training checkpoint (default OUT.distill.pt); resumes")
+    dep.add_argument("--out", default=None, help="output folder")
+    _calibration_args(dep)
+    dep.set_defaults(fn=cmd_depth)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
     bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")

@@ -42,6 +42,9 @@ def config_hash(model: torch.nn.Module) -> str:
     removed = getattr(model, "_dipgo_removed", None)
     if removed:  # a layer-pruned model is another architecture than its config says
         desc["_dipgo_removed"] = sorted(removed)
+    merged = getattr(model, "_dipgo_merged", None)
+    if merged:  # a depth-pruned model: these blocks were merged into single ops
+        desc["_dipgo_merged"] = sorted(merged)
     blob = json.dumps(desc, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

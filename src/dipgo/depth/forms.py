@@ -153,22 +153,34 @@ class MergedConv(nn.Module):
                 "temb_dim": self.time_emb_proj.in_features if self.time_emb_proj is not None else None,
                 "time_act": self.time_act is not None}
 
-    def _edge_map(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-        key = (h, w, like.device, like.dtype, self.edge._version)
-        if key not in self._edges:
-            self._edges.clear()
-            with torch.no_grad():
-                ones = like.new_ones(1, 1, h, w)
-                self._edges[key] = F.conv2d(ones, self.edge.to(like.dtype), stride=self.stride,
-                                            padding=self.padding)
-        return self._edges[key]
+    def _edge_map(self, h: int, w: int) -> torch.Tensor:
+        """``conv(ones(h, w), edge)``: at each output position, the sum of the edge taps that land inside
+        the image, i.e. a rectangle of the kernel, read off its 2-D prefix sums (no convolution: this is
+        a per-resolution constant, not work per call)."""
+        k, s, p = self.edge.shape[-1], self.stride, self.padding
+        table = F.pad(self.edge[:, 0].cumsum(1).cumsum(2), (1, 0, 1, 0))  # (C_out, k + 1, k + 1)
+
+        def ranges(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            start = torch.arange(0, n + 2 * p - k + 1, s, device=table.device) - p  # first input index per output
+            return (-start).clamp(0, k), (n - start).clamp(0, k)  # taps [lo, hi) inside the image
+
+        r0, r1 = ranges(h)
+        c0, c1 = ranges(w)
+        rect = (table[:, r1[:, None], c1[None, :]] - table[:, r0[:, None], c1[None, :]]
+                - table[:, r1[:, None], c0[None, :]] + table[:, r0[:, None], c0[None, :]])
+        return rect[None]
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs):
         x = input_tensor
         if torch.is_grad_enabled() and self.edge.requires_grad:  # training the merged model: no cache
-            edge = F.conv2d(x.new_ones(1, 1, *x.shape[-2:]), self.edge, stride=self.stride, padding=self.padding)
+            edge = self._edge_map(*x.shape[-2:])
         else:
-            edge = self._edge_map(x.shape[-2], x.shape[-1], x)
+            key = (*x.shape[-2:], x.device, x.dtype, self.edge._version)
+            if key not in self._edges:
+                self._edges.clear()
+                with torch.no_grad():
+                    self._edges[key] = self._edge_map(*x.shape[-2:]).to(x.dtype)
+            edge = self._edges[key]
         y = F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding) + edge
         if self.time_emb_proj is not None and temb is not None:
             t = self.time_act(temb) if self.time_act is not None else temb

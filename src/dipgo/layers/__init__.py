@@ -23,7 +23,7 @@ import torch
 from ..errors import DipgoError
 from ..models.calibration import Calibration
 from ..models.costs import count_params
-from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_name, denoiser_of
+from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, with_denoiser
 from .candidates import Candidate, candidates, remove_layers, total_cost
 from .criteria import CRITERIA, handcrafted_order, scores
 from .data import CallSet, TrainingSet, capture_calls, teacher_set
@@ -112,11 +112,7 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
         selection = select(cands, score, ratio, total, by, method)
     seconds = {"criterion": round(time.perf_counter() - t0, 1)}
     student = remove_layers(copy.deepcopy(teacher), selection.names).eval().requires_grad_(True)
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # not shared: hooks wrap it
-    pruned = type(pipe)(**{**pipe.components, denoiser_name(pipe): student, "scheduler": scheduler})
-    if hasattr(pipe, "labels"):  # DiTPipeline's id2label
-        pruned.labels = pipe.labels
-    pruned.set_progress_bar_config(disable=True)
+    pruned = with_denoiser(pipe, student)
     history: list = []
     if retrain_steps > 0:
         from diffusers import DDPMScheduler

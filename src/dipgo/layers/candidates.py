@@ -36,6 +36,7 @@ class Candidate:
     kind: str      # "resnet", "attention", "block" (transformer) or "module" (custom)
     params: int
     macs: int      # per denoiser call, batch 1, measured
+    depth: int = 1  # sequential blocks it stands for (depth pruning counts blocks)
 
 
 class Removed(nn.Module):

@@ -155,6 +155,31 @@ def conditional_kwargs(pipe, calibration: Calibration, conditions: Sequence[int]
 
 
 @torch.no_grad()
+def _final_latents(pipe, kwargs: dict) -> torch.Tensor:
+    """The pipeline's final latents. Most pipelines return them for ``output_type="latent"``; those that
+    always decode (DiT) are caught at ``vae.decode``, whose input is un-scaled back to the model's space."""
+    vae, seen = getattr(pipe, "vae", None), []
+    if vae is not None:
+        decode = vae.decode
+
+        def spy(z, *args, **kw):
+            seen.append(z)
+            return decode(z, *args, **kw)
+
+        vae.decode = spy
+    try:
+        out = pipe(**kwargs).images
+    finally:
+        if vae is not None:
+            del vae.decode  # the instance attribute: the class method shows through again
+    if torch.is_tensor(out) and out.dim() == 4 and (not seen or out.shape[1:] == seen[-1].shape[1:]):
+        return out
+    if not seen:
+        raise DipgoError(f"{type(pipe).__name__} returned no latents and decoded none; pass a training set")
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (seen[-1] - shift) * vae.config.scaling_factor
+
+
 def teacher_set(pipe, calibration: Calibration, n: int = 256, num_inference_steps: int = 20,
                 guidance_scale: float | None = None, seed: int = 10_000, batch: int = 16, progress: bool = True,
                 **extra) -> TrainingSet:
@@ -167,9 +192,8 @@ def teacher_set(pipe, calibration: Calibration, n: int = 256, num_inference_step
     for start in tqdm(range(0, n, batch), desc="teacher samples", disable=not progress, leave=False):
         chunk = conditions[start:start + batch]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        out = pipe(**call_kwargs(pipe, calibration, chunk, gens, num_inference_steps, guidance_scale,
-                                 output_type="latent", **extra))
-        latents.append(out.images if torch.is_tensor(out.images) else torch.as_tensor(out.images))
+        latents.append(_final_latents(pipe, call_kwargs(pipe, calibration, chunk, gens, num_inference_steps,
+                                                        guidance_scale, output_type="latent", **extra)))
         kw = conditional_kwargs(pipe, calibration, chunk, **extra)
         cond_rows.append({k: v for k, v in kw.items() if torch.is_tensor(v) and v.dim() > 0
                           and v.shape[0] == len(chunk)})

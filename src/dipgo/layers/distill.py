@@ -17,7 +17,7 @@ that is saved in the checkpoint, so a resumed run sees exactly the batches an un
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +127,10 @@ def _seeded_global_rng(g: torch.Generator, device: torch.device) -> Iterator[Non
 
 
 def _fingerprint(student: nn.Module, data: TrainingSet) -> dict:
-    return {"removed": list(getattr(student, "_dipgo_removed", [])), "data": [len(data), *data.x0.shape[1:]]}
+    out = {"removed": list(getattr(student, "_dipgo_removed", [])), "data": [len(data), *data.x0.shape[1:]]}
+    if getattr(student, "_dipgo_linearised", None):  # depth pruning (UPDP): which blocks are ramping
+        out["linearised"] = list(student._dipgo_linearised)
+    return out
 
 
 def _save(path: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int, g: torch.Generator,
@@ -166,14 +169,16 @@ def _restore(path: Path, student: nn.Module, opt: torch.optim.Optimizer, g: torc
 
 
 def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_scheduler, config: DistillConfig,
-            checkpoint: str | Path | None = None, progress: bool = True) -> list[dict]:
+            checkpoint: str | Path | None = None, progress: bool = True,
+            on_step: Callable[[int], None] | None = None) -> list[dict]:
     """Retrain ``student`` in place (its parameters that require grad) by distillation from ``teacher``.
 
     ``noise_scheduler`` makes the noisy inputs and the task target: a ``DDPMScheduler`` built from the
     pipeline's scheduler config. ``checkpoint``: saved atomically every ``checkpoint_every`` steps and at
     the end; an existing one is resumed exactly. Returns one dict per step (step, loss, task, out_kd,
-    feat_kd). The teacher runs in eval mode without gradients (its flags are restored at the end); the
-    student ends in eval mode.
+    feat_kd). ``on_step(step)`` runs before each step (UPDP ramps its blend factor there; a resumed run
+    calls it with the same steps). The teacher runs in eval mode without gradients (its flags are restored
+    at the end); the student ends in eval mode.
     """
     cfg = config
     if cfg.steps == 0:
@@ -207,6 +212,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
             module.eval()
     try:
         for step in range(start, cfg.steps):
+            if on_step is not None:
+                on_step(step)
             index = torch.randint(len(data), (cfg.batch,), generator=g)
             t = torch.randint(n_steps, (cfg.batch,), generator=g)
             x0 = data.x0[index.to(device)]

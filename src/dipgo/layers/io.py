@@ -10,6 +10,7 @@ and hands back a ready pipeline of the stock class in which the removed layers c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,66 +27,67 @@ FORMAT, VERSION = "dipgo-layers", 1
 
 def base_hash(model: torch.nn.Module) -> str:
     """The architecture hash of the *unpruned* model (its config), whatever was removed since."""
-    removed = getattr(model, "_dipgo_removed", None)
+    saved = {a: getattr(model, a) for a in ("_dipgo_removed", "_dipgo_merged") if hasattr(model, a)}
     try:
-        model._dipgo_removed = []
+        model._dipgo_removed, model._dipgo_merged = [], {}
         return config_hash(model)
     finally:
-        if removed is None:
-            del model._dipgo_removed
-        else:
-            model._dipgo_removed = removed
+        del model._dipgo_removed, model._dipgo_merged
+        for a, v in saved.items():
+            setattr(model, a, v)
 
 
 def save_pruned(pipe, folder: str | Path, info: dict | None = None) -> Path:
     """Save a pipeline whose denoiser had layers removed (``remove_layers``), with what was removed."""
-    folder = Path(folder)
-    den = denoiser_of(pipe)
-    removed = list(getattr(den, "_dipgo_removed", []))
+    removed = list(getattr(denoiser_of(pipe), "_dipgo_removed", []))
     if not removed:
         raise DipgoError("this pipeline's denoiser has no removed layers; save it with pipe.save_pretrained")
-    pipe.save_pretrained(folder)
-    record = {"format": FORMAT, "version": VERSION, "denoiser": denoiser_name(pipe),
-              "base_model_class": type(den).__name__, "base_config_hash": base_hash(den), "removed": removed,
-              "params": sum(p.numel() for p in den.parameters()), **(info or {})}
-    with atomic_path(folder / INFO) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
-    return folder
+    return write_info(pipe, Path(folder), INFO, {"format": FORMAT, "version": VERSION, "removed": removed,
+                                                 **(info or {})})
 
 
-def read_info(folder: str | Path) -> dict:
-    path = Path(folder) / INFO
+def read_info(folder: str | Path, name: str = INFO, fmt: str = FORMAT, version: int = VERSION,
+              kind: str = "layer-pruned") -> dict:
+    path = Path(folder) / name
     if not path.is_file():
-        raise DipgoError(f"{folder} is not a dipgo layer-pruned folder (no {INFO}); "
+        raise DipgoError(f"{folder} is not a dipgo {kind} folder (no {name}); "
                          "load it with DiffusionPipeline.from_pretrained")
     try:
         info = json.loads(path.read_text())
     except ValueError as err:
         raise DipgoError(f"{path} is corrupt ({err})") from err
-    if info.get("format") != FORMAT or info.get("version") != VERSION:
-        raise DipgoError(f"{path} is not a version-{VERSION} {FORMAT} file")
+    if info.get("format") != fmt or info.get("version") != version:
+        raise DipgoError(f"{path} is not a version-{version} {fmt} file")
     return info
 
 
-def load_pruned(folder: str | Path, base=None, dtype: torch.dtype = torch.float32):
-    """The pruned pipeline saved in ``folder``, of the stock pipeline class.
+def write_info(pipe, folder: Path, name: str, record: dict) -> Path:
+    """``pipe.save_pretrained(folder)`` plus the record of what was done to its denoiser (atomic)."""
+    den = denoiser_of(pipe)
+    pipe.save_pretrained(folder)
+    record = {**record, "denoiser": denoiser_name(pipe), "base_model_class": type(den).__name__,
+              "base_config_hash": base_hash(den), "params": sum(p.numel() for p in den.parameters())}
+    with atomic_path(folder / name) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return folder
 
-    ``base`` (optional): the pipeline (or denoiser) it is supposed to come from; refused if it is another
-    architecture. A folder whose denoiser config no longer matches the recorded base is refused too.
-    """
+
+def load_edited(folder: str | Path, info: dict, edit: Callable[[torch.nn.Module], None], base=None,
+                dtype: torch.dtype = torch.float32):
+    """The pipeline saved in ``folder`` whose denoiser is the stock class built from its config, then
+    ``edit``-ed (layers removed, blocks merged) so that the saved weights fit it exactly."""
     import diffusers
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
 
     quiet_libraries()
     folder = Path(folder)
-    info = read_info(folder)
     attr = info["denoiser"]
     index = json.loads((folder / "model_index.json").read_text())
     cls = getattr(diffusers, index[attr][1])
     model = cls.from_config(cls.load_config(folder / attr))
     if config_hash(model) != info["base_config_hash"]:
-        raise DipgoError(f"{folder}/{attr}/config.json does not match the model the layers were removed from "
+        raise DipgoError(f"{folder}/{attr}/config.json does not match the model it was pruned from "
                          f"(hash {config_hash(model)}, recorded {info['base_config_hash']}); the folder was modified "
                          "after pruning: prune again")
     if base is not None:
@@ -93,7 +95,7 @@ def load_pruned(folder: str | Path, base=None, dtype: torch.dtype = torch.float3
         if base_hash(theirs) != info["base_config_hash"] or type(theirs).__name__ != info["base_model_class"]:
             raise DipgoError(f"{folder} was pruned from a {info['base_model_class']} ({info['base_config_hash']}), "
                              f"not from this {type(theirs).__name__} ({base_hash(theirs)})")
-    remove_layers(model, info["removed"])
+    edit(model)
     weights = sorted((folder / attr).glob("*.safetensors"))
     if not weights:
         raise DipgoError(f"{folder}/{attr} has no .safetensors weights")
@@ -108,3 +110,13 @@ def load_pruned(folder: str | Path, base=None, dtype: torch.dtype = torch.float3
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=dtype, **{attr: model})
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_pruned(folder: str | Path, base=None, dtype: torch.dtype = torch.float32):
+    """The layer-pruned pipeline saved in ``folder``, of the stock pipeline class.
+
+    ``base`` (optional): the pipeline (or denoiser) it is supposed to come from; refused if it is another
+    architecture. A folder whose denoiser config no longer matches the recorded base is refused too.
+    """
+    info = read_info(folder)
+    return load_edited(folder, info, lambda model: remove_layers(model, info["removed"]), base, dtype)

@@ -17,7 +17,7 @@ from ..errors import DipgoError
 from .candidates import Candidate
 
 METHODS = ("knapsack", "greedy", "order")
-BY = ("params", "macs")
+BY = ("params", "macs", "depth")
 
 
 @dataclass

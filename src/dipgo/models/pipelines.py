@@ -235,3 +235,14 @@ def capture_denoiser_call(pipe, calibration: Calibration | None = None, **extra)
     if "args" not in box:
         raise DipgoError(f"{type(pipe).__name__} finished without calling its denoiser")
     return box["args"], box["kwargs"]
+
+
+def with_denoiser(pipe, denoiser: torch.nn.Module):
+    """A new pipeline of the same class that shares ``pipe``'s components except its denoiser (replaced)
+    and its scheduler (a fresh copy: DiP-GO's hooks wrap a scheduler, so two pipelines must not share one)."""
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    out = type(pipe)(**{**pipe.components, denoiser_name(pipe): denoiser, "scheduler": scheduler})
+    if hasattr(pipe, "labels"):  # DiTPipeline's id2label
+        out.labels = pipe.labels
+    out.set_progress_bar_config(disable=True)
+    return out

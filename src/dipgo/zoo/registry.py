@@ -79,9 +79,10 @@ class ModelSource:
         return {k: self.card[k] for k in ("prompts", "class_labels") if k in self.card}
 
     def load(self, dtype: torch.dtype = torch.float32):
-        """The pipeline; a layer-pruned folder (``dipgo layers`` output) loads with its layers removed."""
-        if self.folder is not None and (self.folder / "dipgo-layers.json").is_file():
-            from ..layers.io import load_pruned
+        """The pipeline; a pruned folder (``dipgo layers`` / ``dipgo depth`` output) loads pruned."""
+        if self.folder is not None and any((self.folder / f).is_file()
+                                           for f in ("dipgo-layers.json", "dipgo-depth.json")):
+            from ..depth.io import load_pruned
 
             return load_pruned(self.folder, dtype=dtype)
         return load_pipeline(self.target, dtype=dtype)

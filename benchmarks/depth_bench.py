@@ -1,0 +1,251 @@
+"""Issue 11 benchmark: UPDP depth pruning on the zoo models at 2-3 depth reductions, progressive against
+abrupt linearisation and plain block removal at the same training budget.
+
+    python benchmarks/depth_bench.py mnist-dit            # quality pass (one model per process)
+    python benchmarks/depth_bench.py mnist-sd
+    python benchmarks/depth_bench.py --latency            # latency pass: alone on the machine
+    python benchmarks/depth_bench.py --report             # md + png from the JSON files
+
+Per model and depth ratio (share of the candidate blocks: DiT transformer blocks, UNet resnets) the same
+blocks are chosen for every row (the training-free criterion: output loss of linearising each block
+alone, then the knapsack) and each row is distilled from the full model for the same steps, batch and
+learning rate on the zoo's own training data (normalised feature KD + output KD + task loss):
+
+* progressive UPDP: activations and norms blended towards linear over the first half, then merged;
+* abrupt: linear from the first step (DepthShrinker-style), then merged;
+* remove + KD: the blocks removed (resnet -> shortcut, transformer block -> identity).
+
+Quality: ``--n`` images (balanced digits, same seeds for every row), DDIM-``--steps``, FID against the
+shipped MNIST statistics, classifier accuracy, PSNR against the full model's images. The latency pass
+times the denoiser call of every distinct architecture at batch 1 and 16 images (CFG doubles the call
+batch), median of 40 calls after warm-up, 2 threads, alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+OUT = ROOT / "benchmarks" / "results" / "depth"
+MODELS = ROOT / "out" / "depth-bench"  # pruned model folders (not committed: sizes)
+RATIOS = {"mnist-dit": (0.25, 0.375, 0.5), "mnist-sd": (0.25, 0.5)}
+MODES = ("progressive", "abrupt", "remove")
+
+
+def quality_pass(model: str, args) -> None:
+    import torch
+
+    from dipgo import zoo
+    from dipgo.cache.postprocess import schedule_at_ratio
+    from dipgo.cache.search import Search, SearchConfig
+    from dipgo.depth import depth_scores, prune_depth, save_depth
+    from dipgo.evaluate.baselines import AppliedSchedule, Full
+    from dipgo.evaluate.evaluation import Evaluator, Judge, compare
+    from dipgo.layers import save_pruned
+    from dipgo.models.pipelines import default_calibration, set_scheduler
+
+    torch.set_num_threads(args.threads)
+    pipe, source = zoo.load(model)
+    set_scheduler(pipe, "ddim")
+    cal = default_calibration(pipe, defaults=source.defaults)
+    guidance = source.guidance_scale
+    judge = Judge.from_source(source)
+    common = dict(n_images=8, num_inference_steps=20, guidance_scale=guidance)
+    report: dict = {"model": model, "n": args.n, "steps": args.steps, "train_steps": args.train_steps,
+                    "batch": args.batch, "lr": args.lr, "ramp": args.ramp, "threads": args.threads, "rows": []}
+    settings = ("n", "steps", "train_steps", "batch", "lr", "ramp")
+    path = OUT / f"{model}.json"
+    if path.exists():  # an interrupted run: rows already measured with these settings are kept
+        old = json.loads(path.read_text())
+        if all(old.get(k) == report[k] for k in settings):
+            report["rows"] = old["rows"]
+
+    def save() -> None:
+        path.write_text(json.dumps(report, indent=1))
+
+    def evaluate(p, label: str, extra: dict, applied=None) -> dict:
+        ev = Evaluator(p, args.n, 0, guidance, 32, cal, judge)
+        try:
+            run = ev.run(applied or Full().bind(p, args.steps, guidance), progress=False)
+            q = ev.quality(run, full_run, progress=False)
+        finally:
+            ev.close()
+        rec = compare(ev_full, run, full_run, q, q_full)
+        rec.update(extra, label=label, macs_speedup=full_run.macs / run.macs)
+        print(f"{model} {label}: MACs {rec['macs_speedup']:.2f}x, FID {rec['fid']:.2f}, acc {rec['cond_acc']:.3f}, "
+              f"PSNR {rec['psnr_vs_full']:.2f}", flush=True)
+        report["rows"].append(rec)
+        save()
+        return rec
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    ev_full = Evaluator(pipe, args.n, 0, guidance, 32, cal, judge)
+    full_run = ev_full.run(Full().bind(pipe, args.steps, guidance), progress=False)
+    q_full = ev_full.quality(full_run, None, progress=False)
+    ev_full.close()
+    den = getattr(pipe, "unet", None) or pipe.transformer
+    report["full"] = dict(q_full, params=sum(p.numel() for p in den.parameters()), macs=full_run.macs)
+    t0 = time.perf_counter()
+    scored = depth_scores(pipe, cal, progress=False, **common)
+    report["criterion_seconds"] = round(time.perf_counter() - t0, 1)
+    report["scores"] = scored[1]
+    report["candidates"] = [{"name": c.name, "kind": c.kind, "params_saved": c.params, "macs_saved": c.macs}
+                            for c in scored[0]]
+    save()
+    data = source.training_set(pipe, cal)
+    for ratio in RATIOS[model]:
+        for mode in MODES:
+            label = {"progressive": "progressive UPDP", "abrupt": "abrupt linearisation",
+                     "remove": "remove + KD"}[mode]
+            if any(r["label"] == label and r["ratio"] == ratio for r in report["rows"]):
+                continue
+            tag = f"{model}-r{ratio:g}-{mode}"
+            res = prune_depth(pipe, ratio, mode=mode, train_steps=args.train_steps, calibration=cal, data=data,
+                              distill_kwargs={"batch": args.batch, "lr": args.lr}, ramp_share=args.ramp,
+                              scored=scored, checkpoint=str(MODELS / f"{tag}.distill.pt"), progress=True,
+                              num_inference_steps=20, guidance_scale=guidance)
+            (save_pruned if mode == "remove" else save_depth)(res.pipe, MODELS / tag, res.info())
+            evaluate(res.pipe, label, {"ratio": ratio, "mode": mode, "params": res.params, "blocks":
+                                       res.selection.names, "folder": tag, "train_seconds": res.seconds.get("train"),
+                                       "final_loss": res.history[-1] if res.history else None})
+    if model == "mnist-dit" and not any(r["label"].startswith("DiP-GO") for r in report["rows"]):
+        from dipgo import load_pruned
+
+        ratio = RATIOS[model][1]
+        rec = next(r for r in report["rows"] if r["label"] == "progressive UPDP" and r["ratio"] == ratio)
+        pruned = load_pruned(MODELS / rec["folder"])
+        set_scheduler(pruned, "ddim")
+        cfg = SearchConfig(ratio=0.6, num_inference_steps=args.steps, guidance_scale=guidance, iterations=60,
+                           batch=2)
+        result = Search(pruned, cfg, calibration=cal).run(progress=False)
+        schedule = schedule_at_ratio(result, 0.6)
+        schedule.save(OUT / f"{model}-combined.schedule.json")
+        evaluate(pruned, "DiP-GO 0.6 on progressive UPDP", {"ratio": ratio, "mode": "progressive+dipgo",
+                                                            "params": rec["params"], "blocks": rec["blocks"],
+                                                            "search_seconds": round(result.seconds, 1)},
+                 applied=AppliedSchedule(pruned, schedule, "dipgo"))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    save()
+
+
+def latency_pass() -> None:
+    import torch
+
+    from dipgo import load_pruned, zoo
+    from dipgo.models.costs import measure_latency
+    from dipgo.models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
+
+    torch.set_num_threads(2)
+    for model in RATIOS:
+        path = OUT / f"{model}.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        pipe, source = zoo.load(model)
+        cal = default_calibration(pipe, defaults=source.defaults)
+        cfg = 2 if (source.guidance_scale or 1.0) > 1.0 else 1
+
+        def latency(p, images: int, cal=cal, cfg=cfg) -> float:
+            args, kwargs = capture_denoiser_call(p, cal)
+            b = images * cfg
+
+            def rep(v):
+                return v.repeat(b, *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 1 \
+                    else v
+
+            args = tuple(rep(a) for a in args)
+            kwargs = {k: rep(v) for k, v in kwargs.items()}
+            den = denoiser_of(p)
+            with torch.no_grad():
+                return measure_latency(lambda: den(*args, **kwargs), runs=40, warmup=5).median_ms
+
+        full = {1: latency(pipe, 1), 16: latency(pipe, 16)}
+        report["full"]["latency_ms"] = full
+        measured: dict[tuple, dict] = {}  # progressive and abrupt merge the same blocks: one architecture
+        for row in report["rows"]:
+            if row["mode"] not in MODES:
+                continue
+            key = (row["mode"] == "remove", tuple(row["blocks"]))
+            if key not in measured:
+                p = load_pruned(MODELS / row["folder"])
+                measured[key] = {1: latency(p, 1), 16: latency(p, 16)}
+            row["latency_ms"] = measured[key]
+            row["latency_speedup"] = {b: full[b] / measured[key][b] for b in (1, 16)}
+        report["latency_note"] = (f"denoiser call at 1 and 16 images (x{cfg} for CFG), median of 40 after 5 warm-up, "
+                                  "2 threads, measured alone on the machine, once per distinct architecture")
+        path.write_text(json.dumps(report, indent=1))
+        print(f"{model}: latency measured for {len(measured)} architectures")
+
+
+def write_report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["# UPDP depth pruning (issue 11)", ""]
+    reports = [json.loads((OUT / f"{m}.json").read_text()) for m in RATIOS if (OUT / f"{m}.json").exists()]
+    fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False)
+    for ax, rep in zip(axes[0], reports, strict=True):
+        f = rep["full"]
+        lat_full = f.get("latency_ms", {})
+        lines += [f"## {rep['model']}", "",
+                  f"Full model: {f['params'] / 1e6:.3f} M parameters, FID {f['fid']:.2f}, accuracy {f['cond_acc']:.1%} "
+                  f"({rep['n']} images, DDIM-{rep['steps']}); denoiser call "
+                  + (f"{lat_full['1']:.2f} ms at batch 1, {lat_full['16']:.2f} ms at 16 images. " if lat_full else "")
+                  + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, progressive ramp "
+                  f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
+                  + rep.get("latency_note", "not measured") + ".", "",
+                  "| depth cut | row | blocks | params | MACs speedup | latency speedup b1 | b16 | FID | accuracy | "
+                  "PSNR vs full |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rep["rows"]:
+            ls = r.get("latency_speedup") or {}
+            b1 = f"{ls['1']:.2f}x" if ls else "-"
+            b16 = f"{ls['16']:.2f}x" if ls else "-"
+            lines.append(f"| {r['ratio']:g} | {r['label']} | {len(r['blocks'])} | {r['params'] / 1e6:.3f} M | "
+                         f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
+                         f"{r['psnr_vs_full']:.2f} dB |")
+        lines.append("")
+        for mode, marker in (("progressive", "o-"), ("abrupt", "s--"), ("remove", "^:")):
+            rows = [r for r in rep["rows"] if r["mode"] == mode]
+            ax.plot([r["ratio"] for r in rows], [r["fid"] for r in rows], marker, label=mode)
+        ax.axhline(f["fid"], color="k", lw=0.8, label="full model")
+        ax.axhline(1.1 * f["fid"], color="k", lw=0.8, ls="--", label="full + 10 %")
+        ax.set_xlabel("share of candidate blocks pruned")
+        ax.set_ylabel(f"FID ({rep['n']} images)")
+        ax.set_title(rep["model"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "depth.png", dpi=110)
+    (OUT / "depth.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", default=None)
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--ramp", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--latency", action="store_true")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args()
+    if args.latency:
+        latency_pass()
+    elif args.report:
+        write_report()
+    else:
+        quality_pass(args.model or "mnist-dit", args)
+
+
+if __name__ == "__main__":
+    main()
