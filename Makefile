@@ -5,7 +5,7 @@ DIPGO  := $(VENV)/bin/dipgo
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers clean
+.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-layers: $(STAMP)
 	$(PY) benchmarks/layers_bench.py mnist-dit
 	$(PY) benchmarks/layers_bench.py --latency
 	$(PY) benchmarks/layers_bench.py --report
+
+bench-depth: $(STAMP)
+	$(PY) benchmarks/depth_bench.py mnist-dit
+	$(PY) benchmarks/depth_bench.py mnist-sd
+	$(PY) benchmarks/depth_bench.py --latency
+	$(PY) benchmarks/depth_bench.py --report
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -182,3 +182,22 @@ class _NoForms(nn.Module):
 def test_model_without_forms_is_refused():
     with pytest.raises(DipgoError, match="no block with a pruned form"):
         depth_candidates(_NoForms())
+
+
+def test_depth_cli(tmp_path, capsys):
+    from dipgo.cli import main
+
+    small = ["--calib-images", "2", "--steps", "3"]
+    assert main(["depth", "mnist-dit", "--scores", *small]) == 0
+    out = capsys.readouterr().out
+    assert "transformer_blocks.7" in out and "linearise loss" in out
+    assert main(["depth", "mnist-dit", "--ratio", "1.5", "--out", str(tmp_path / "x"), *small]) == 2
+    assert "ratio must be in (0, 1)" in capsys.readouterr().err
+    folder = tmp_path / "quarter"
+    assert main(["depth", "mnist-dit", "--ratio", "0.25", "--train-steps", "2", "--batch", "4", "--out", str(folder),
+                 *small]) == 0
+    out = capsys.readouterr().out
+    assert "merged 2 of 8 blocks (progressive)" in out
+    assert json.loads((folder / "dipgo.json").read_text())["pruned_from"] == "mnist-dit"
+    assert main(["info", str(folder), "--runs", "2"]) == 0
+    assert "transformer_blocks" in capsys.readouterr().out
