@@ -138,7 +138,10 @@ def cmd_sample(args) -> int:
         grid = make_grid(run("sampling"), nrow=nrow)
     else:
         full = run("full model") if args.compare else None
-        api.apply(pipe, schedule)
+        if steps != schedule.num_inference_steps:  # --steps given: the explicit opt-in to a step-count transfer
+            print(f"note: the schedule was searched for {schedule.num_inference_steps} steps; its gates are mapped "
+                  f"to {steps} steps over normalised time (quality may differ from a search at {steps})")
+        schedule = api.apply(pipe, schedule, num_inference_steps=steps)
         try:
             pruned = run("dipgo schedule")
         finally:
@@ -355,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--compare", action="store_true", help="with --schedule: full model above, dipgo below")
     sample.add_argument("--n", type=int, default=20, help="number of images")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50)")
+    sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50; "
+                        "another count than the schedule's maps its gates over normalised time)")
     sample.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
     sample.add_argument("--label", type=int, default=None, help="only this condition: an index into the prompts or "
                         "class labels (default: all, in turn)")

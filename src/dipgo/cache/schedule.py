@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -134,6 +134,45 @@ class Schedule:
                             f"pipeline called with {num_inference_steps}")
         if problems:
             raise ScheduleError("schedule does not fit this pipeline:\n  - " + "\n  - ".join(problems))
+
+    # ------------------------------------------------------------------ step-count transfer
+    def transferred(self, num_inference_steps: int, num_calls: int) -> Schedule:
+        """This schedule mapped to another step count over normalised time (an explicit opt-in: the
+        schedule was searched for ``self.num_inference_steps``).
+
+        Call ``j`` of ``num_calls`` covers ``[j, j + 1) / num_calls`` of the sampling run; it computes a
+        block when the source calls it overlaps computed that block for at least half of that span
+        (overlap-weighted), so the computed share, and with it the MACs ratio, stays about the same. The
+        first ``branches`` calls compute everything, as every schedule must.
+        """
+        if num_inference_steps < 1 or num_calls < 1:
+            raise ScheduleError(f"cannot transfer a schedule to {num_inference_steps} steps ({num_calls} calls)")
+        if num_inference_steps == self.num_inference_steps and num_calls == self.num_calls:
+            return self
+        src, dst = self.num_calls, num_calls
+        mask = self.mask()
+        # overlap of target call j with source call i, both on [0, 1): (dst, src)
+        lo = torch.maximum(torch.arange(dst)[:, None] / dst, torch.arange(src)[None, :] / src)
+        hi = torch.minimum((torch.arange(dst)[:, None] + 1) / dst, (torch.arange(src)[None, :] + 1) / src)
+        weight = (hi - lo).clamp_min(0)
+        share = (weight @ mask) / weight.sum(1, keepdim=True)
+        new = (share >= 0.5 - 1e-9).float()
+        new[:min(self.branches, dst)] = 1.0
+        steps = [[b for j, b in enumerate(self.blocks) if new[i, j] > 0] for i in range(dst)]
+        macs = macs_full = achieved = None
+        profile = self.meta.get("cost_profile")
+        if profile and self.macs_full:
+            from ..models.costs import CostProfile
+
+            prof = CostProfile(**profile)
+            cfg = max(1, round(self.macs_full / (src * prof.call_macs)))
+            macs = int(prof.generation_macs(new, cfg, skip_empty_calls=self.output_block is not None))
+            macs_full = int(prof.generation_macs(torch.ones_like(new), cfg))
+            achieved = round(1 - macs / macs_full, 6)
+        meta = dict(self.meta, transferred_from={"num_inference_steps": self.num_inference_steps,
+                                                 "calls": self.num_calls, "achieved_ratio": self.achieved_ratio})
+        return replace(self, num_inference_steps=num_inference_steps, steps=steps, macs=macs, macs_full=macs_full,
+                       achieved_ratio=achieved, meta=meta)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> str:

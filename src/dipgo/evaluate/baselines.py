@@ -326,8 +326,12 @@ class FromSchedule:
     path: str
 
     def bind(self, pipe, num_inference_steps: int, guidance_scale: float = 1.0) -> Applied:
+        """Another ``num_inference_steps`` than the schedule's maps it over normalised time (opt-in)."""
         schedule = Schedule.load(self.path)
-        return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x")
+        if num_inference_steps != schedule.num_inference_steps:
+            schedule = schedule.transferred(num_inference_steps, num_calls(pipe, num_inference_steps))
+        speed = f" {schedule.macs_full / schedule.macs:.2f}x" if schedule.macs else ""
+        return AppliedSchedule(pipe, schedule, f"dipgo{speed}")
 
 
 # ------------------------------------------------------------------------------------------ parsing
