@@ -47,8 +47,8 @@ def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int
           prompts: Sequence[str] | None = None, class_labels: Sequence[int] | None = None,
           guidance_scale: float | None = None, call_kwargs: dict | None = None,
           checkpoint: str | Path | None = None, progress: bool = True, **search_kwargs) -> Schedule | list[Schedule]:
-    """Learn a skip schedule with DiP-GO and return it at ``ratio`` (a list of schedules for a list of ratios;
-    one search, run at the largest ratio, serves them all).
+    """Learn a skip schedule with DiP-GO and return it at ``ratio`` (a list of schedules for a list of ratios:
+    one search over the range of budgets, whose scores are trained to be cut at any of them).
 
     ``target`` is a diffusers pipeline (its own ``__call__`` runs, with its current scheduler), or a
     function ``sample_fn(generators) -> images (N, C, H, W) in [0, 1]`` running your own loop, together
@@ -60,6 +60,8 @@ def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int
     from .cache.search import Search, SearchConfig
 
     ratios = _ratios(ratio)
+    if len(set(ratios)) > 1:  # one search for the whole range of budgets (SearchConfig.ratios)
+        search_kwargs.setdefault("ratios", (min(ratios), max(ratios)))
     config = SearchConfig(ratio=max(ratios), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                           **search_kwargs)
     if denoiser is not None or (callable(target) and not hasattr(target, "scheduler")):

@@ -36,6 +36,7 @@ from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_b
 from ..models.costs import CostProfile, profile_denoiser
 from ..models.similarity import psnr, ssim
 from .driver import PipelineSampler, trace
+from .postprocess import threshold_for_ratio
 from .pruner import Pruner, straight_through
 from .runtime import attach, detach
 from .schedule import config_hash
@@ -69,6 +70,10 @@ class SearchConfig:
     checkpoint_every: int = 10
     seed: int = 0
     granularity: str = "coarse"
+    # One search for every budget: (lowest, highest) pruned share. Each iteration draws a target in the
+    # range and cuts the current scores at it (the same threshold post-processing uses), so the scores
+    # learn a ranking that is good at every cut; ``ratio`` is then ignored.
+    ratios: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -85,6 +90,10 @@ class SearchConfig:
         for name in ("ramp", "anneal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DipgoError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.ratios is not None:
+            lo, hi = self.ratios = tuple(float(r) for r in self.ratios)
+            if not 0.0 < lo <= hi < 1.0:
+                raise DipgoError(f"ratios must be (lowest, highest) with 0 < lowest <= highest < 1, got {self.ratios}")
 
 
 @dataclass
@@ -121,6 +130,9 @@ class Curriculum:
 
     def hardness(self, it: int) -> float:
         return self._ramp(self.config.anneal, it)
+
+    def ramp_share(self, it: int) -> float:
+        return self._ramp(self.config.ramp, it)
 
     def target(self, it: int) -> float:
         return self.config.ratio * self._ramp(self.config.ramp, it)
@@ -222,6 +234,14 @@ def uniform_mask(calls: int, blocks: int, ratio: float) -> torch.Tensor:
     return mask
 
 
+def nested_uniform_prior(calls: int, blocks: int, lo: float, hi: float, levels: int = 8) -> torch.Tensor:
+    """The share of fewer-steps schedules (ratios evenly spread over ``[lo, hi]``) that keep each call: a
+    graded start in which calls that more of those schedules keep score higher, so every cut of it starts
+    as a whole-call (fewer-steps-like) schedule."""
+    grid = torch.linspace(lo, hi, levels) if levels > 1 and hi > lo else torch.tensor([lo])
+    return torch.stack([uniform_mask(calls, blocks, float(r)) for r in grid]).mean(0)
+
+
 class SearchCheckpoint:
     """Atomic save / exact resume of a search; refuses a checkpoint of a different search."""
 
@@ -290,7 +310,9 @@ class Search:
         if self.checkpointing is None:
             self.checkpointing = sum(p.numel() for p in self.denoiser.parameters()) > AUTO_CHECKPOINT_PARAMS
         self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
-        if config.init == "uniform":
+        if config.ratios is not None:
+            self.pruner.init_from_mask(nested_uniform_prior(self.calls, len(self.graph.names), *config.ratios))
+        elif config.init == "uniform":
             self.pruner.init_from_mask(uniform_mask(self.calls, len(self.graph.names), config.ratio))
         self.opt = torch.optim.SGD(self.pruner.parameters(), lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
@@ -326,17 +348,25 @@ class Search:
         with torch.no_grad():
             ref = self._sample(state, conditions, seeds)
         scores = self.pruner()
-        gates = straight_through(scores, hardness=self.curriculum.hardness(it))
+        if cfg.ratios is not None:  # a budget drawn from the range; the gates are the scores cut at it
+            lo, hi = cfg.ratios
+            target = (lo + (hi - lo) * float(torch.rand((), generator=self.rng))) * self.curriculum.ramp_share(it)
+            cut = (threshold_for_ratio(scores.detach(), target, self.graph, self.profile, tol=0.02)[0]
+                   if target > 0 else torch.ones_like(scores))
+            gates = scores + (cut - scores).detach()
+        else:
+            gates = straight_through(scores, hardness=self.curriculum.hardness(it))
+            target = self.curriculum.target(it)
         gates = torch.cat([torch.ones_like(gates[:1]), gates[1:]])  # call 0 always runs in full
         eff = effective_keep(gates, self.graph)
         kept = self.profile.kept_share(eff)
-        target = self.curriculum.target(it)
         # The gates stay installed until after backward: checkpointed calls are re-run then.
         state.gates, state.checkpointing = eff, self.checkpointing
         try:
             img = self._sample(state, conditions, seeds)
             cons = consistency(img, ref, cfg.loss)
-            sparse_on = bool(kept.item() > 1 - target)
+            # a drawn budget is enforced by the cut itself: no sparsity term
+            sparse_on = cfg.ratios is None and bool(kept.item() > 1 - target)
             loss = cons + (cfg.alpha_s * kept if sparse_on else 0.0)
             for g in self.opt.param_groups:
                 g["lr"] = self.curriculum.lr(it)

@@ -1,0 +1,49 @@
+"""One search for every budget (SearchConfig.ratios): each iteration cuts the scores at a budget drawn
+from the range, so one result serves every ratio in it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from families import tiny_dit
+
+import dipgo
+from dipgo.cache.postprocess import pruned_ratio, threshold_for_ratio
+from dipgo.cache.search import Search, SearchConfig, nested_uniform_prior, uniform_mask
+from dipgo.errors import DipgoError
+
+
+def test_graded_prior_is_whole_calls_kept_by_more_schedules():
+    prior = nested_uniform_prior(20, 3, 0.5, 0.8)
+    assert prior[0].eq(1).all() and prior.min() >= 0 and prior.max() <= 1
+    assert (prior[:, 0] == prior[:, 1]).all()  # whole calls, as fewer steps
+    masks = [uniform_mask(20, 3, float(r)) for r in torch.linspace(0.5, 0.8, 8)]
+    torch.testing.assert_close(prior, torch.stack(masks).mean(0))
+
+
+def test_range_search_draws_budgets_and_serves_each():
+    pipe = tiny_dit()
+    cfg = SearchConfig(ratios=(0.3, 0.6), num_inference_steps=6, iterations=4, batch=1, ramp=0.0)
+    search = Search(pipe, cfg)
+    result = search.run(progress=False)
+    targets = [h["target_ratio"] for h in result.history]
+    assert all(0.3 <= t <= 0.6 for t in targets) and len(set(targets)) > 1
+    assert not any(h["sparsity_on"] for h in result.history)  # the cut enforces the budget
+    for r in (0.3, 0.6):
+        mask, got = threshold_for_ratio(result.scores, r, result.graph, result.profile)
+        assert got == pytest.approx(pruned_ratio(mask, result.profile)) and abs(got - r) < 0.2
+
+
+def test_prune_with_several_ratios_runs_one_range_search():
+    schedules = dipgo.prune(tiny_dit(), ratio=[0.3, 0.5], num_inference_steps=6, iterations=2, batch=1,
+                            progress=False)
+    assert len(schedules) == 2 and schedules[0].macs >= schedules[1].macs
+    assert schedules[0].meta["search"]["target_ratio"] == 0.5
+
+
+def test_bad_range_is_refused():
+    with pytest.raises(DipgoError, match="lowest, highest"):
+        SearchConfig(ratios=(0.7, 0.3))
+    with pytest.raises(DipgoError, match="lowest, highest"):
+        SearchConfig(ratios=(0.0, 0.5))
+    assert torch.is_tensor(nested_uniform_prior(4, 1, 0.5, 0.5))
