@@ -47,6 +47,8 @@ def cmd_info(args) -> int:
     print(f"{'total':<24}{_fmt(info['params']):>12}{_fmt(info['macs_per_call']):>14}")
     print(f"latency per call: {lat['median_ms']:.2f} ms median (IQR {lat['p25_ms']:.2f}-{lat['p75_ms']:.2f} ms, "
           f"{lat['runs']} runs after warm-up, {info['threads']} CPU threads)")
+    print(f"NTIRE figures (denoiser call, batch 1, fp32): runtime {lat['median_ms']:.2f} ms, "
+          f"FLOPs (MACs) {info['macs_per_call'] / 1e9:.4f} G, params {info['params'] / 1e6:.4f} M")
     return 0
 
 
@@ -278,7 +280,7 @@ def cmd_bench(args) -> int:
     kw = {}
     if args.models:
         kw["models"] = args.models
-    for name in ("n", "batch", "out"):
+    for name in ("n", "batch", "out", "floor_psnr", "floor_fid"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
@@ -289,6 +291,7 @@ def cmd_bench(args) -> int:
         kw["families"] = [m.strip() for m in args.methods.split(",")]
     if args.report_only:
         report = json.loads(Path(args.report_only).read_text())
+        report["config"].update({k: kw[k] for k in ("floor_psnr", "floor_fid") if k in kw})
         for path in write_reports(report, Path(args.report_only).parent):
             print(f"wrote {path}")
         return 0
@@ -439,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=None)
     bench.add_argument("--batch", type=int, default=None)
     bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
+    bench.add_argument("--floor-psnr", type=float, default=None, help="NTIRE ranking floor: PSNR vs full (dB), "
+                       "default 30")
+    bench.add_argument("--floor-fid", type=float, default=None, help="NTIRE ranking floor: FID at most this much "
+                       "worse than the full model's (relative), default 0.10")
     bench.add_argument("--search-only", action="store_true", help="only run the missing DiP-GO searches (e.g. one "
                        "process per model, in parallel, before the timed run)")
     bench.add_argument("--report-only", default=None, metavar="JSON",

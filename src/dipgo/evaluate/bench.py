@@ -67,6 +67,8 @@ class BenchConfig:
     searches: str = "benchmarks/results/bench/searches"
     tag: str = "bench"
     search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
+    floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
+    floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in zoo.zoo_names()]
@@ -319,6 +321,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {f['model']} | DDIM-{f['base']} | {f['family']} | {f['wall_speedup']:.2f}x | "
                              f"{f['macs_speedup']:.2f}x | {f['method']} |")
         lines.append("")
+    lines += ntire_section(report)
     checks = target_check(report["records"])
     if checks:
         met = sum(c["met"] for c in checks)
@@ -345,6 +348,57 @@ def markdown(report: dict) -> str:
             f"'{v['init']}' init chosen"
             for k, v in report["searches"].items()) + ".", ""]
     return "\n".join(lines)
+
+
+def pruned_entries(results: Path) -> list[dict]:
+    """Layer- and depth-pruned models measured by their own benchmarks (``benchmarks/results/layers`` and
+    ``depth``, DDIM-20, the same images and seeds as the bench), as NTIRE entries. Their runtime is the
+    denoiser call's latency ratio at 16 images (the whole generation's was not timed for them)."""
+    out = []
+    for kind in ("layers", "depth"):
+        for path in sorted((results / kind).glob("*.json")):
+            rep = json.loads(path.read_text())
+            if "full" not in rep or "rows" not in rep:
+                continue
+            for r in rep["rows"]:
+                speed = r.get("latency_ratio") or (r.get("latency_speedup") or {}).get("16")
+                if not speed:
+                    continue  # a DiP-GO combination: its speed is a whole-pipeline matter, not timed here
+                name = f"{kind}: {r['label']} ({r['ratio']:g})"
+                out.append({"model": rep["model"], "base": rep["steps"], "name": name, "runtime": 1 / speed,
+                            "macs": 1 / r["macs_speedup"], "params": r["params"] / rep["full"]["params"],
+                            "psnr_vs_full": r["psnr_vs_full"], "fid": r["fid"], "fid_full": r["fid_full"],
+                            "source": f"{kind}/{path.name}"})
+    return out
+
+
+def ntire_section(report: dict) -> list[str]:
+    """The NTIRE-style ranking per model and base: every measured bench point (whole-generation wall time),
+    plus the layer/depth-pruned models of ``report["pruned"]`` at their step count."""
+    from .ntire import Floor, markdown, rank
+
+    cfg = report.get("config", {})
+    floor = Floor(cfg.get("floor_psnr", Floor.psnr), cfg.get("floor_fid", Floor.fid))
+    by: dict = {}
+    for r in report["records"]:
+        by.setdefault((r["model"], r["base"]), []).append(
+            {"name": r["method"] if r["family"] != "full" else "full model", "runtime": r["latency_ms"] /
+             r["latency_full_ms"], "macs": 1 / r["macs_speedup"], "params": 1.0, "psnr_vs_full": r["psnr_vs_full"],
+             "fid": r["fid"], "fid_full": r["fid_full"]})
+    for e in report.get("pruned", []):
+        if (e["model"], e["base"]) in by:
+            by[(e["model"], e["base"])].append(e)
+    if not by:
+        return []
+    lines = ["## NTIRE-style efficiency score", ""]
+    for (model, base), entries in by.items():
+        pruned = any("source" in e for e in entries)
+        lines += [f"### {model}, DDIM-{base}", ""] + markdown(
+            rank(entries, floor), floor,
+            "Bench points: runtime is the whole generation's wall time." + (
+                " Layer/depth-pruned rows (`layers:` / `depth:`): runtime is the denoiser call's latency at 16 "
+                "images, from their own benchmarks." if pruned else "")) + [""]
+    return lines
 
 
 def pareto_plot(report: dict, path: Path) -> None:
@@ -392,6 +446,8 @@ def write_reports(report: dict, out: str | Path) -> list[Path]:
     paths = [out / f"{tag}.json", out / f"{tag}.md", out / f"{tag}.png"]
     with atomic_path(paths[0]) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
+    if "pruned" not in report:  # layer/depth-pruned models measured by their own benchmarks, if any
+        report = dict(report, pruned=pruned_entries(out.parent))
     with atomic_path(paths[1]) as tmp:
         tmp.write_text(markdown(report))
     pareto_plot(report, paths[2])
