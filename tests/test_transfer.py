@@ -94,3 +94,14 @@ def test_bad_transfer_is_refused():
     s, _, _ = _schedule(_dit(), 4, lambda i, j, n: 1.0)
     with pytest.raises(ScheduleError, match="cannot transfer"):
         s.transferred(0, 0)
+
+
+def test_sparse_pattern_keeps_its_share_both_ways():
+    """A block computed on every third call keeps about a third of the calls at 50 -> 20 and 20 -> 50
+    (a majority vote per target call would drop it entirely when going down)."""
+    pipe = _dit()
+    for src, dst in ((50, 20), (20, 50), (50, 25)):
+        s, _, _ = _schedule(pipe, src, lambda i, j, n: float(i == 0 or i % 3 == 0))
+        t = s.transferred(dst, dst)
+        assert abs(t.mask()[:, 0].mean().item() - s.mask()[:, 0].mean().item()) < 0.08, (src, dst)
+        assert abs(t.achieved_ratio - s.achieved_ratio) < 0.08

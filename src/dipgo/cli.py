@@ -81,7 +81,11 @@ def cmd_prune(args) -> int:
     config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
                           init=args.init, seed=args.seed, granularity=args.granularity,
-                          grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing])
+                          grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing],
+                          ratios=(min(ratios), max(ratios)) if len(set(ratios)) > 1 else None)
+    if config.ratios:
+        print(f"one search for the budgets {', '.join(f'{r:g}' for r in ratios)} (targets drawn from "
+              f"{config.ratios[0]:g}-{config.ratios[1]:g})")
     set_scheduler(pipe, args.scheduler)
     if calibration.generic:
         print(f"calibrating on dipgo's {len(calibration.items)} built-in generic prompts "

@@ -140,10 +140,13 @@ class Schedule:
         """This schedule mapped to another step count over normalised time (an explicit opt-in: the
         schedule was searched for ``self.num_inference_steps``).
 
-        Call ``j`` of ``num_calls`` covers ``[j, j + 1) / num_calls`` of the sampling run; it computes a
-        block when the source calls it overlaps computed that block for at least half of that span
-        (overlap-weighted), so the computed share, and with it the MACs ratio, stays about the same. The
-        first ``branches`` calls compute everything, as every schedule must.
+        Each call covers an equal share of the sampling run, ``[j, j + 1) / num_calls``. Per block, the
+        source's computed calls are a density over that time; the target computes the block where the
+        running total of that density, in target calls, crosses the next half-integer (error diffusion).
+        So a block keeps its share of computed calls (and the schedule its MACs ratio) and computes at the
+        same moments of the run: a source call that computes spans 2.5 target calls at 20 -> 50 steps, and
+        two of them add up to about one target call at 50 -> 20. The first ``branches`` calls compute
+        everything, as every schedule must.
         """
         if num_inference_steps < 1 or num_calls < 1:
             raise ScheduleError(f"cannot transfer a schedule to {num_inference_steps} steps ({num_calls} calls)")
@@ -151,12 +154,12 @@ class Schedule:
             return self
         src, dst = self.num_calls, num_calls
         mask = self.mask()
-        # overlap of target call j with source call i, both on [0, 1): (dst, src)
+        # overlap of target call j with source call i, both on [0, 1): (dst, src), in units of target calls
         lo = torch.maximum(torch.arange(dst)[:, None] / dst, torch.arange(src)[None, :] / src)
         hi = torch.minimum((torch.arange(dst)[:, None] + 1) / dst, (torch.arange(src)[None, :] + 1) / src)
-        weight = (hi - lo).clamp_min(0)
-        share = (weight @ mask) / weight.sum(1, keepdim=True)
-        new = (share >= 0.5 - 1e-9).float()
+        mass = ((hi - lo).clamp_min(0).double() * dst) @ mask.double()  # (dst, blocks), each in [0, 1]
+        total = torch.floor(mass.cumsum(0) + 0.5 - 1e-9)
+        new = (total - torch.cat([torch.zeros_like(total[:1]), total[:-1]]) > 0).float()
         new[:min(self.branches, dst)] = 1.0
         steps = [[b for j, b in enumerate(self.blocks) if new[i, j] > 0] for i in range(dst)]
         macs = macs_full = achieved = None

@@ -380,11 +380,12 @@ def ntire_section(report: dict) -> list[str]:
     cfg = report.get("config", {})
     floor = Floor(cfg.get("floor_psnr", Floor.psnr), cfg.get("floor_fid", Floor.fid))
     by: dict = {}
+    full_fid = {(r["model"], r["base"]): r["fid"] for r in report["records"] if r["family"] == "full"}
     for r in report["records"]:
         by.setdefault((r["model"], r["base"]), []).append(
-            {"name": r["method"] if r["family"] != "full" else "full model", "runtime": r["latency_ms"] /
-             r["latency_full_ms"], "macs": 1 / r["macs_speedup"], "params": 1.0, "psnr_vs_full": r["psnr_vs_full"],
-             "fid": r["fid"], "fid_full": r["fid_full"]})
+            {"name": r["method"] if r["family"] != "full" else "full model", "runtime": 1 / r["wall_speedup"],
+             "macs": 1 / r["macs_speedup"], "params": 1.0, "psnr_vs_full": r["psnr_vs_full"], "fid": r["fid"],
+             "fid_full": r.get("fid_full", full_fid.get((r["model"], r["base"]), r["fid"]))})
     for e in report.get("pruned", []):
         if (e["model"], e["base"]) in by:
             by[(e["model"], e["base"])].append(e)
