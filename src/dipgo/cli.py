@@ -319,6 +319,19 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
                    "models; default: the model's dipgo.json, else all classes)")
 
 
+def _distillation_args(p) -> None:
+    """What layer and depth pruning share: distillation settings, calibration runs, output folder."""
+    p.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
+    p.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--checkpoint", default=None, help="training checkpoint (default OUT.distill.pt); resumes")
+    p.add_argument("--out", default=None, help="output folder")
+    _calibration_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
     p.add_argument("--version", action="version", version=f"dipgo {__version__}")
@@ -400,16 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--by", default="params", choices=("params", "macs"))
     lay.add_argument("--method", default="knapsack", choices=("knapsack", "greedy"))
     lay.add_argument("--retrain-steps", type=int, default=0, help="distillation steps (0: one-shot)")
-    lay.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
-    lay.add_argument("--batch", type=int, default=32)
-    lay.add_argument("--lr", type=float, default=1e-4)
-    lay.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
-    lay.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criteria")
-    lay.add_argument("--guidance", type=float, default=None)
     lay.add_argument("--scores", action="store_true", help="only print every candidate layer's score")
-    lay.add_argument("--checkpoint", default=None, help="retraining checkpoint (default OUT.distill.pt); resumes")
-    lay.add_argument("--out", default=None, help="output folder")
-    _calibration_args(lay)
+    _distillation_args(lay)
     lay.set_defaults(fn=cmd_layers)
 
     dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
@@ -423,16 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--train-steps", type=int, default=0, help="distillation steps (0: no training)")
     dep.add_argument("--ramp", type=float, default=0.5, help="share of the training over which the blend factor "
                      "ramps 0 -> 1 (progressive)")
-    dep.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
-    dep.add_argument("--batch", type=int, default=32)
-    dep.add_argument("--lr", type=float, default=1e-4)
-    dep.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
-    dep.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
-    dep.add_argument("--guidance", type=float, default=None)
     dep.add_argument("--scores", action="store_true", help="only print every candidate block's score and savings")
-    dep.add_argument("--checkpoint", default=None, help="training checkpoint (default OUT.distill.pt); resumes")
-    dep.add_argument("--out", default=None, help="output folder")
-    _calibration_args(dep)
+    _distillation_args(dep)
     dep.set_defaults(fn=cmd_depth)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
