@@ -36,9 +36,9 @@ def test_rank_only_above_the_floor():
 
 
 def test_bench_report_has_the_section_with_pruned_rows():
-    rec = {"model": "m", "base": 20, "family": "dipgo", "method": "dipgo 3x", "latency_ms": 30.0,
-           "latency_full_ms": 90.0, "macs_speedup": 3.0, "psnr_vs_full": 32.0, "fid": 41.0, "fid_full": 40.0}
-    full = dict(rec, family="full", method="full", latency_ms=90.0, macs_speedup=1.0, psnr_vs_full=100.0, fid=40.0)
+    rec = {"model": "m", "base": 20, "family": "dipgo", "method": "dipgo 3x", "wall_speedup": 3.0,
+           "macs_speedup": 3.0, "psnr_vs_full": 32.0, "fid": 41.0, "fid_full": 40.0}
+    full = dict(rec, family="full", method="full", wall_speedup=1.0, macs_speedup=1.0, psnr_vs_full=100.0, fid=40.0)
     pruned = {"model": "m", "base": 20, "name": "depth: progressive UPDP (0.25)", "runtime": 0.8, "macs": 0.7,
               "params": 0.9, "psnr_vs_full": 31.0, "fid": 42.0, "fid_full": 40.0, "source": "depth/m.json"}
     text = "\n".join(ntire_section({"config": {"floor_psnr": 30.0}, "records": [rec, full], "pruned": [pruned]}))
