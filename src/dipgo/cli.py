@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", default="schedule.json")
     prune.add_argument("--iterations", type=int, default=150)
     prune.add_argument("--batch", type=int, default=4, help="images per search iteration")
-    prune.add_argument("--lr", type=float, default=0.1)
+    prune.add_argument("--lr", type=float, default=None, help="pruner learning rate (default 0.1; 0.02 when "
+                       "several ratios share one search)")
     prune.add_argument("--loss", default="ssim", help="consistency loss: ssim (1 - SSIM), l1, l2")
     prune.add_argument("--init", default="keep", help="keep (start from the full model) or uniform")
     prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
