@@ -16,6 +16,7 @@ from dipgo.depth import depth_scores, prune_depth, ramp, save_depth
 from dipgo.depth.forms import MergedConv, MergedTransformer, PrunedForm
 from dipgo.depth.supernet import depth_candidates
 from dipgo.errors import DipgoError
+from dipgo.layers.candidates import Candidate
 from dipgo.layers.data import TrainingSet, output_of
 from dipgo.models.costs import count_macs
 from dipgo.models.pipelines import capture_denoiser_call, default_calibration
@@ -201,3 +202,12 @@ def test_depth_cli(tmp_path, capsys):
     assert json.loads((folder / "dipgo.json").read_text())["pruned_from"] == "mnist-dit"
     assert main(["info", str(folder), "--runs", "2"]) == 0
     assert "transformer_blocks" in capsys.readouterr().out
+
+
+def test_depth_ratio_takes_exactly_the_share_of_blocks():
+    from dipgo.layers.select import select
+
+    cands = [Candidate(f"b{i}", "resnet", 1, 1, 1) for i in range(14)]
+    scores = {c.name: float(i) for i, c in enumerate(cands)}
+    chosen = select(cands, scores, 0.5, 14, "depth")
+    assert len(chosen.names) == 7 and chosen.names == [f"b{i}" for i in range(7)]  # the 7 cheapest, no more

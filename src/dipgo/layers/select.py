@@ -77,7 +77,10 @@ def _knapsack(cands: list[Candidate], scores: dict[str, float], cost: dict[str, 
               bins: int) -> list[str]:
     """Keep the set of largest summed score within capacity ``sum(cost) - target``; remove the rest."""
     all_cost = sum(cost.values())
-    unit = max(1e-12, all_cost / bins)
+    # small integer costs (depth: one unit per block) are exact with unit 1; rounding each cost up to a
+    # coarser unit could make the kept set smaller than the budget allows
+    exact = all(float(c).is_integer() for c in cost.values()) and all_cost <= bins
+    unit = 1.0 if exact else max(1e-12, all_cost / bins)
     capacity = int(math.floor((all_cost - target) / unit + 1e-9))
     weights = [int(math.ceil(cost[c.name] / unit - 1e-9)) for c in cands]
     values = [max(0.0, scores[c.name]) for c in cands]
