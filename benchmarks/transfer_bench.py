@@ -112,8 +112,9 @@ def measure(threads: int) -> None:
 def write_report() -> None:
     report = json.loads((BENCH / "transfer.json").read_text())
     lines = ["# Step-count transfer (issue 13)", "",
-             "A schedule searched for T DDIM steps, mapped to T' steps over normalised time (each new call computes a "
-             "block when the source calls it overlaps computed it for at least half of its span), against the "
+             "A schedule searched for T DDIM steps, mapped to T' steps over normalised time (each new call's mass for "
+             "a block is the share of its span the source computed it in; one threshold on that mass for every block, "
+             "set so the computed MACs share matches the source's), against the "
              f"schedule searched for T' directly at the same budget, and fewer steps at the transferred schedule's "
              f"MACs (interpolated on the bench's curve). {report['n']} images, seed {report['seed']}, balanced digits, "
              "PSNR against the full model at T' steps; FID is biased upward at this sample size (compare within "
