@@ -215,7 +215,7 @@ def write_report() -> None:
                   + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, progressive ramp "
                   f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
                   + rep.get("latency_note", "not measured") + ".", "",
-                  "| depth cut | row | blocks | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
+                  "| blocks pruned | row | blocks | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
                   "FID | accuracy | PSNR vs full |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rep["rows"]:
             ls, rng = r.get("latency_speedup") or {}, r.get("latency_range_ms") or {}
@@ -229,13 +229,14 @@ def write_report() -> None:
                 return f"{ls[b]:.2f}x ({full_ms / rng[b][1]:.2f}-{full_ms / rng[b][0]:.2f})"
 
             b1, b16 = cell("1"), cell("16")
-            lines.append(f"| {r['ratio']:g} | {r['label']} | {len(r['blocks'])} | {r['params'] / 1e6:.3f} M | "
+            lines.append(f"| {len(r['blocks'])}/{len(rep['candidates'])} | {r['label']} | {len(r['blocks'])} | {r['params'] / 1e6:.3f} M | "
                          f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
                          f"{r['psnr_vs_full']:.2f} dB |")
         lines.append("")
         for mode, marker in (("progressive", "o-"), ("abrupt", "s--"), ("remove", "^:")):
             rows = [r for r in rep["rows"] if r["mode"] == mode]
-            ax.plot([r["ratio"] for r in rows], [r["fid"] for r in rows], marker, label=mode)
+            ax.plot([len(r["blocks"]) / len(rep["candidates"]) for r in rows], [r["fid"] for r in rows], marker,
+                    label=mode)
         ax.axhline(f["fid"], color="k", lw=0.8, label="full model")
         ax.axhline(1.1 * f["fid"], color="k", lw=0.8, ls="--", label="full + 10 %")
         ax.set_xlabel("share of candidate blocks pruned")
