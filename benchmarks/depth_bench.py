@@ -215,8 +215,8 @@ def write_report() -> None:
                   + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, progressive ramp "
                   f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
                   + rep.get("latency_note", "not measured") + ".", "",
-                  "| blocks pruned | row | blocks | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
-                  "FID | accuracy | PSNR vs full |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
+                  "FID | accuracy | PSNR vs full |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rep["rows"]:
             ls, rng = r.get("latency_speedup") or {}, r.get("latency_range_ms") or {}
 
@@ -229,7 +229,7 @@ def write_report() -> None:
                 return f"{ls[b]:.2f}x ({full_ms / rng[b][1]:.2f}-{full_ms / rng[b][0]:.2f})"
 
             b1, b16 = cell("1"), cell("16")
-            lines.append(f"| {len(r['blocks'])}/{len(rep['candidates'])} | {r['label']} | {len(r['blocks'])} | {r['params'] / 1e6:.3f} M | "
+            lines.append(f"| {len(r['blocks'])}/{len(rep['candidates'])} | {r['label']} | {r['params'] / 1e6:.3f} M | "
                          f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
                          f"{r['psnr_vs_full']:.2f} dB |")
         lines.append("")
