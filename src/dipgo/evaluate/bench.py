@@ -67,6 +67,7 @@ class BenchConfig:
     searches: str = "benchmarks/results/bench/searches"
     tag: str = "bench"
     search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
+    fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
 
@@ -186,7 +187,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     if cfg.search_only:
                         continue
                     for family in cfg.families:
-                        applied = _method(family, pipe, ev, base, guidance, budget, result)
+                        applied = _method(family, pipe, ev, base, guidance, budget, result, cfg.fallback)
                         if applied is None:
                             continue
                         run = ev.run(applied, progress)
@@ -203,13 +204,21 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
             "searches": searches, "params": params, "records": records}
 
 
-def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result):
+def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result,
+            fallback: bool = False):
     if family == "dipgo":
         try:
-            schedule = schedule_at_ratio(result, 1 - 1 / budget)
+            if fallback:
+                from ..cache.fallback import schedule_with_fallback
+
+                choice = schedule_with_fallback(pipe, result, 1 - 1 / budget, ev.calibration,
+                                                guidance_scale=guidance)
+                schedule, tag = choice.schedule, "" if choice.picked == "search" else " (uniform fallback)"
+            else:
+                schedule, tag = schedule_at_ratio(result, 1 - 1 / budget), ""
         except DipgoError:
             return None  # budget out of the search's reach: the table shows no point
-        return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x")
+        return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x{tag}")
     if family == "fewer steps":
         return FewerSteps(max(1, round(base / budget))).bind(pipe, base, guidance)
     if family in ("DeepCache", "DeepCache non-uniform"):
