@@ -209,10 +209,22 @@ def _print_costs(result) -> None:
           f"({result.macs_full / result.macs:.2f}x fewer)")
 
 
+def _training_data(source, pipe, calibration, steps: int):
+    """The model's own training data for distillation (None: the full model's samples are made instead)."""
+    if steps <= 0:
+        return None
+    data = source.training_set(pipe, calibration)
+    print("distilling on " + ("the model's own training data" if data is not None else
+                              "images the full model generates on the calibration inputs"))
+    return data
+
+
 def cmd_depth(args) -> int:
     from .depth import depth_scores, prune_depth, save_depth
     from .layers import save_pruned
 
+    if not args.scores and (args.ratio is None or args.out is None):
+        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
     pipe, source, calibration = _load(args)
     guidance = _guidance(args, source)
     scored = depth_scores(pipe, calibration, n_images=args.calib_images, num_inference_steps=args.steps,
@@ -223,12 +235,7 @@ def cmd_depth(args) -> int:
         for c in sorted(cands, key=lambda c: scores[c.name]):
             print(f"{c.name:<30}{c.kind:>13}{_fmt(c.params):>14}{_fmt(c.macs):>12}{scores[c.name]:>16.6g}")
         return 0
-    if args.ratio is None or args.out is None:
-        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
-    data = source.training_set(pipe, calibration) if args.train_steps > 0 else None
-    if args.train_steps > 0:
-        print("training on " + ("the model's own training data" if data is not None else
-                                "images the full model generates on the calibration inputs"))
+    data = _training_data(source, pipe, calibration, args.train_steps)
     result = prune_depth(pipe, args.ratio, by=args.by, mode=args.mode, train_steps=args.train_steps,
                          calibration=calibration, data=data, feature_kd=args.feature_kd,
                          distill_kwargs={"batch": args.batch, "lr": args.lr}, ramp_share=args.ramp,
@@ -260,10 +267,7 @@ def cmd_layers(args) -> int:
         return 0
     if args.ratio is None or args.out is None:
         raise DipgoError("give --ratio R and --out DIR (or --scores to only print each layer's score)")
-    data = source.training_set(pipe, calibration) if args.retrain_steps > 0 else None
-    if args.retrain_steps > 0:
-        print("retraining on " + ("the model's own training data" if data is not None else
-                                  "images the full model generates on the calibration inputs"))
+    data = _training_data(source, pipe, calibration, args.retrain_steps)
     result = prune_layers(pipe, args.ratio, args.criterion, by=args.by, method=args.method, calibration=calibration,
                           retrain_steps=args.retrain_steps, feature_kd=args.feature_kd, data=data,
                           distill_kwargs={"batch": args.batch, "lr": args.lr}, n_images=args.calib_images,
