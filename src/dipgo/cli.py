@@ -203,10 +203,15 @@ def _write_card(source, out) -> None:
         tmp.write_text(json.dumps(card, indent=1))
 
 
-def _print_costs(result) -> None:
+def _report_pruned(source, out, result, what: str) -> int:
+    """After layer or depth pruning: the zoo card into the folder, what was pruned, the costs, where it is."""
+    _write_card(source, out)
+    print(f"{what}: " + ", ".join(result.selection.names))
     print(f"params {_fmt(result.params_full)} -> {_fmt(result.params)} ({1 - result.params / result.params_full:.1%} "
           f"fewer); MACs/call {_fmt(result.macs_full)} -> {_fmt(result.macs)} "
           f"({result.macs_full / result.macs:.2f}x fewer)")
+    print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
+    return 0
 
 
 def _training_data(source, pipe, calibration, steps: int):
@@ -242,13 +247,9 @@ def cmd_depth(args) -> int:
                          num_inference_steps=args.steps, guidance_scale=guidance, scored=scored,
                          checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
     out = (save_pruned if args.mode == "remove" else save_depth)(result.pipe, args.out, result.info())
-    _write_card(source, out)
     verb = "removed" if args.mode == "remove" else "merged"
-    print(f"{verb} {len(result.selection.names)} of {len(result.candidates)} blocks ({args.mode}): "
-          + ", ".join(result.selection.names))
-    _print_costs(result)
-    print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
-    return 0
+    return _report_pruned(source, out, result, f"{verb} {len(result.selection.names)} of {len(result.candidates)} "
+                          f"blocks ({args.mode})")
 
 
 def cmd_layers(args) -> int:
@@ -274,12 +275,8 @@ def cmd_layers(args) -> int:
                           num_inference_steps=args.steps, guidance_scale=guidance,
                           checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
     out = save_pruned(result.pipe, args.out, result.info())
-    _write_card(source, out)
-    print(f"removed {len(result.selection.names)} layers ({result.selection.method}, {args.criterion}): "
-          + ", ".join(result.selection.names))
-    _print_costs(result)
-    print(f"wrote {out} (load it with dipgo.load_pruned('{out}'); dipgo info {out})")
-    return 0
+    return _report_pruned(source, out, result, f"removed {len(result.selection.names)} layers "
+                          f"({result.selection.method}, {args.criterion})")
 
 
 def cmd_bench(args) -> int:
