@@ -8,16 +8,22 @@
     dipgo bench [MODEL ...] [--quick]               every method at every budget -> benchmarks/results/bench/
     dipgo layers MODEL --ratio R [--retrain-steps N] --out DIR      LAPTOP-Diff layer pruning
     dipgo depth MODEL --ratio R [--train-steps N] --out DIR         UPDP depth pruning (merged blocks)
+
+prune, eval and bench also run as several processes, started by a launcher:
+    torchrun --nproc_per_node 8 -m dipgo prune MODEL ...
+    accelerate launch --multi_gpu --num_processes 8 -m dipgo eval MODEL ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .dist import world
 from .errors import DipgoError
 from .fileio import atomic_path
 
@@ -32,7 +38,7 @@ def _fmt(n: float, unit: str = "") -> str:
 def cmd_info(args) -> int:
     from .evaluate.report import model_info
 
-    info = model_info(args.model, runs=args.runs)
+    info = model_info(args.model, runs=args.runs, device=args.device, dtype=args.dtype)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -45,9 +51,10 @@ def cmd_info(args) -> int:
     print(f"{'(outside blocks)':<24}{'':>12}{_fmt(rest):>14}{rest / info['macs_per_call']:>8.1%}")
     lat = info["latency"]
     print(f"{'total':<24}{_fmt(info['params']):>12}{_fmt(info['macs_per_call']):>14}")
+    where = f"{info['threads']} CPU threads" if info["device"] == "cpu" else f"{info['device']}, CUDA events"
     print(f"latency per call: {lat['median_ms']:.2f} ms median (IQR {lat['p25_ms']:.2f}-{lat['p75_ms']:.2f} ms, "
-          f"{lat['runs']} runs after warm-up, {info['threads']} CPU threads)")
-    print(f"NTIRE figures (denoiser call, batch 1, fp32): runtime {lat['median_ms']:.2f} ms, "
+          f"{lat['runs']} runs after warm-up, {where})")
+    print(f"NTIRE figures (denoiser call, batch 1, {info['dtype']}): runtime {lat['median_ms']:.2f} ms, "
           f"FLOPs (MACs) {info['macs_per_call'] / 1e9:.4f} G, params {info['params'] / 1e6:.4f} M")
     return 0
 
@@ -60,11 +67,12 @@ def _load(args):
     """The pipeline, its source (zoo card), and the calibration inputs from --prompts / --class-labels."""
     from . import zoo
     from .models.calibration import parse_class_labels, read_prompts
-    from .models.pipelines import default_calibration
+    from .models.pipelines import default_calibration, parse_dtype
 
     prompts = read_prompts(args.prompts) if getattr(args, "prompts", None) else None
     labels = parse_class_labels(args.class_labels) if getattr(args, "class_labels", None) else None
-    pipe, source = zoo.load(args.model)
+    pipe, source = zoo.load(args.model, parse_dtype(getattr(args, "dtype", "fp32")))
+    pipe.to(world().device(getattr(args, "device", None)))
     calibration = default_calibration(pipe, prompts, labels, source.defaults)
     return pipe, source, calibration
 
@@ -105,7 +113,8 @@ def cmd_prune(args) -> int:
     for r in ratios:
         schedule = schedule_at_ratio(result, r)
         path = out if len(ratios) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
-        schedule.save(path)
+        if world().main:
+            schedule.save(path)
         print(schedule.summary())
         print(f"wrote {path} (search {result.seconds:.0f} s, {config.iterations} iterations)")
     return 0
@@ -186,7 +195,7 @@ def cmd_eval(args) -> int:
                    calibration=calibration, judge=Judge.from_source(source))
     rec["model"] = args.model
     text = json.dumps(rec, indent=1)
-    if args.json:
+    if args.json and world().main:
         with atomic_path(Path(args.json)) as tmp:
             tmp.write_text(text)
     print(text)
@@ -285,7 +294,7 @@ def cmd_bench(args) -> int:
     kw = {}
     if args.models:
         kw["models"] = args.models
-    for name in ("n", "batch", "out", "floor_psnr", "floor_fid"):
+    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
@@ -306,6 +315,8 @@ def cmd_bench(args) -> int:
     report = run_bench(cfg, progress=True)
     if cfg.search_only:
         print(json.dumps(report["searches"], indent=1))
+        return 0
+    if not world().main:
         return 0
     for path in write_reports(report, cfg.out):
         print(f"wrote {path}")
@@ -342,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="zoo name, diffusers folder or hub id")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--runs", type=int, default=20, help="timed calls after warm-up (default 20)")
+    _device_args(info)
     info.set_defaults(fn=cmd_info)
 
     prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
@@ -368,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "an interrupted search resumes from it")
     prune.add_argument("--seed", type=int, default=0)
     _calibration_args(prune)
+    _device_args(prune)
     prune.set_defaults(fn=cmd_prune)
 
     show = sub.add_parser("show", help="print what a schedule computes and reuses")
@@ -378,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("model", help="zoo name, diffusers folder or hub id")
     sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     sample.add_argument("--compare", action="store_true", help="with --schedule: full model above, dipgo below")
-    sample.add_argument("--n", type=int, default=20, help="number of images")
+    sample.add_argument("--n", "--num-images", dest="n", type=int, default=20, help="number of images")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50; "
                         "another count than the schedule's maps its gates over normalised time)")
@@ -398,12 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE")
     ev.add_argument("--steps", type=int, default=None, help="base num_inference_steps (default: the schedule's or 50)")
     ev.add_argument("--scheduler", default=None, help="ddim (default), pndm, dpm++, euler")
-    ev.add_argument("--n", type=int, default=256, help="images (balanced over the conditions)")
+    ev.add_argument("--n", "--num-images", dest="n", type=int, default=256,
+                    help="images (balanced over the conditions); under torchrun write --num-images (torchrun "
+                    "reads --n as one of its own options)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--guidance", type=float, default=None)
     ev.add_argument("--batch", type=int, default=32)
     ev.add_argument("--json", default=None, help="also write the record here")
     _calibration_args(ev)
+    _device_args(ev)
     ev.set_defaults(fn=cmd_eval)
 
     lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
@@ -442,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budgets", default=None, help="comma-separated MACs reduction factors (default 2,3,4.4)")
     bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "
                        "DeepCache non-uniform, FBCache")
-    bench.add_argument("--n", type=int, default=None)
+    bench.add_argument("--n", "--num-images", dest="n", type=int, default=None,
+                       help="images per point (--num-images under torchrun)")
     bench.add_argument("--batch", type=int, default=None)
     bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
     bench.add_argument("--floor-psnr", type=float, default=None, help="NTIRE ranking floor: PSNR vs full (dB), "
@@ -453,8 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "process per model, in parallel, before the timed run)")
     bench.add_argument("--report-only", default=None, metavar="JSON",
                        help="re-write the Markdown table and the plot from a bench JSON without measuring")
+    _device_args(bench)
     bench.set_defaults(fn=cmd_bench)
     return p
+
+
+PARALLEL = ("prune", "eval", "bench")
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...; under a launcher a bare "
+                   "'cuda' is each process's own GPU")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights and activations")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,7 +490,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        w = world()
+        if w.size > 1:
+            if args.command not in PARALLEL:
+                raise DipgoError(f"'dipgo {args.command}' runs in one process; of the commands only "
+                                 f"{', '.join(PARALLEL)} split across processes (launch this one without torchrun)")
+            if not w.main:  # one process speaks; the others' errors still reach stderr
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        code = args.fn(args)
+        w.close()
+        return code
     except (DipgoError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"dipgo {args.command}: error: {msg}", file=sys.stderr)

@@ -147,6 +147,7 @@ def _tree_mix(gate, fresh, cached):
     if fresh is None:
         return None
     if torch.is_tensor(fresh):
+        gate = gate.to(fresh.dtype)  # an fp32 gate must not promote an fp16/bf16 model's activations
         return gate * fresh + (1 - gate) * cached
     if isinstance(fresh, (tuple, list)):
         return type(fresh)(_tree_mix(gate, f, c) for f, c in zip(fresh, cached, strict=True))

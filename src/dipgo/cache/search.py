@@ -17,6 +17,10 @@ Three parts, each small:
   soft to 0/1 (so gates flip a few at a time instead of collapsing together; METHOD.md);
 * :class:`SearchCheckpoint`: atomic save every ``checkpoint_every`` iterations and exact resume;
 * :class:`Search`: set-up (graph, costs, call count) and the iteration itself.
+
+Under ``torchrun``/``accelerate launch`` the search is data-parallel (:mod:`dipgo.dist`): every rank
+draws the same batch, generates its slice of it, and the pruner's gradients are summed over ranks;
+rank 0 writes the checkpoint, and on resume reads it and hands it to the others.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..dist import World, world
 from ..errors import DipgoError
 from ..fileio import atomic_path
 from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
@@ -265,7 +270,7 @@ class SearchCheckpoint:
         self.path = Path(path) if path else None
 
     def save(self, search: Search) -> None:
-        if self.path is None:
+        if self.path is None or not search.world.main:
             return
         state = {"pruner": search.pruner.state_dict(), "opt": search.opt.state_dict(), "iteration": search.iteration,
                  "history": search.history, "rng": search.rng.get_state(), "elapsed": search.elapsed,
@@ -273,14 +278,21 @@ class SearchCheckpoint:
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
 
-    def restore(self, search: Search) -> bool:
-        if self.path is None or not self.path.exists():
-            return False
+    def _read(self) -> dict | None:
+        if not self.path.exists():
+            return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            return torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
             raise DipgoError(f"search checkpoint {self.path} is corrupt or truncated ({err}); delete it to start "
                              "over") from err
+
+    def restore(self, search: Search) -> bool:
+        if self.path is None:
+            return False
+        state = search.world.on_main(self._read)  # rank 0 reads; nodes need no shared disk
+        if state is None:
+            return False
         theirs = state.get("config", {})
         differs = {k: (theirs.get(k), v) for k, v in asdict(search.cfg).items()
                    if k not in self.IGNORED and theirs.get(k) != v}
@@ -304,11 +316,14 @@ class Search:
     """
 
     def __init__(self, target, config: SearchConfig, checkpoint_path: str | Path | None = None,
-                 blocks: list[str] | None = None, calibration=None, call_kwargs: dict | None = None):
+                 blocks: list[str] | None = None, calibration=None, call_kwargs: dict | None = None,
+                 world_: World | None = None):
         self.cfg = config
+        self.world = world_ or world()
         self.sampler = target if hasattr(target, "profile_call") else PipelineSampler(
             target, calibration, config.num_inference_steps, config.guidance_scale, call_kwargs)
         self.denoiser = self.sampler.denoiser
+        self.device = next(self.denoiser.parameters()).device  # the pruner stays on the CPU; gates move here
         self.graph = block_graph(self.denoiser, config.granularity, blocks)
         self.modules = resolve_blocks(self.denoiser, self.graph.names)
         self.trace = trace(self.sampler)
@@ -323,7 +338,9 @@ class Search:
         self.checkpointing = config.grad_checkpointing
         if self.checkpointing is None:
             self.checkpointing = sum(p.numel() for p in self.denoiser.parameters()) > AUTO_CHECKPOINT_PARAMS
-        self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
+        with torch.random.fork_rng(devices=[]):  # the same pruner on every rank, and in every run of this seed
+            torch.manual_seed(config.seed)
+            self.pruner = Pruner(self.calls, len(self.graph.names), keep_bias=config.keep_bias)
         if config.ratios is not None:
             self.pruner.init_from_mask(nested_uniform_prior(self.calls, len(self.graph.names)))
         elif config.init == "uniform":
@@ -359,8 +376,12 @@ class Search:
         cfg, state, it = self.cfg, att.state, self.iteration
         conditions = self.sampler.calibration.draw(cfg.batch, self.rng)
         seeds = torch.randint(0, 2**31 - 1, (cfg.batch,), generator=self.rng).tolist()
-        with torch.no_grad():
-            ref = self._sample(state, conditions, seeds)
+        mine = self.world.shard(cfg.batch)  # this rank's images of the batch (all of them in one process)
+        conditions, seeds = [conditions[i] for i in mine], [seeds[i] for i in mine]
+        share = len(mine) / cfg.batch
+        if mine:
+            with torch.no_grad():
+                ref = self._sample(state, conditions, seeds)
         scores = self.pruner()
         if cfg.ratios is not None:  # a budget drawn from the range; the gates are the scores cut at it
             lo, hi = cfg.ratios
@@ -374,14 +395,20 @@ class Search:
         gates = torch.cat([torch.ones_like(gates[:1]), gates[1:]])  # call 0 always runs in full
         eff = effective_keep(gates, self.graph)
         kept = self.profile.kept_share(eff)
+        # a drawn budget is enforced by the cut itself: no sparsity term
+        sparse_on = cfg.ratios is None and bool(kept.item() > 1 - target)
+        # Each rank's loss is its share of the batch's consistency plus 1/world of the sparsity term, so the
+        # gradients summed over ranks are those of the whole batch in one process.
+        loss = (cfg.alpha_s * kept if sparse_on else 0.0 * kept) / self.world.size
+        stats = torch.zeros(2)  # consistency and PSNR, summed over this rank's share
         # The gates stay installed until after backward: checkpointed calls are re-run then.
-        state.gates, state.checkpointing = eff, self.checkpointing
+        state.gates, state.checkpointing = eff.to(self.device), self.checkpointing
         try:
-            img = self._sample(state, conditions, seeds)
-            cons = consistency(img, ref, cfg.loss)
-            # a drawn budget is enforced by the cut itself: no sparsity term
-            sparse_on = cfg.ratios is None and bool(kept.item() > 1 - target)
-            loss = cons + (cfg.alpha_s * kept if sparse_on else 0.0)
+            if mine:
+                img = self._sample(state, conditions, seeds)
+                cons = consistency(img, ref, cfg.loss) * share
+                loss = loss + cons
+                stats += torch.tensor([float(cons.detach()), float(psnr(img.detach(), ref, cap=100.0).sum())])
             for g in self.opt.param_groups:
                 g["lr"] = self.curriculum.lr(it)
             self.opt.zero_grad(set_to_none=True)
@@ -391,13 +418,19 @@ class Search:
         finally:
             state.gates, state.checkpointing = None, False
             state.reset()
+        params = [p for p in self.pruner.parameters() if p.grad is not None]
+        comm = self.world.all_reduce([p.grad for p in params] + [stats])
         torch.nn.utils.clip_grad_norm_(self.pruner.parameters(), cfg.clip)
         self.opt.step()
         with torch.no_grad():
             hard_kept = float(self.profile.kept_share(effective_keep((scores > 0.5).float(), self.graph)))
-        return {"iteration": it, "loss": float(loss.detach()), "consistency": float(cons.detach()),
-                "kept_share": float(kept.detach()), "hard_kept_share": hard_kept, "target_ratio": target,
-                "psnr": float(psnr(img.detach(), ref, cap=100.0).mean()), "sparsity_on": sparse_on}
+        cons_all = float(stats[0])
+        rec = {"iteration": it, "loss": cons_all + (cfg.alpha_s * float(kept.detach()) if sparse_on else 0.0),
+               "consistency": cons_all, "kept_share": float(kept.detach()), "hard_kept_share": hard_kept,
+               "target_ratio": target, "psnr": float(stats[1]) / cfg.batch, "sparsity_on": sparse_on}
+        if self.world.size > 1:
+            rec["comm_s"] = comm
+        return rec
 
     # ------------------------------------------------------------------ the loop
     def _frozen(self) -> list[torch.nn.Parameter]:
@@ -414,13 +447,14 @@ class Search:
     def run(self, progress: bool = True) -> SearchResult:
         frozen = self._frozen()
         att = attach(self.denoiser, self.modules, self.graph.modes)
-        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search",
+                   disable=not (progress and self.world.main), dynamic_ncols=True)
         try:
             while self.iteration < self.cfg.iterations:
                 t0 = time.perf_counter()
                 rec = self.step(att)
-                self.elapsed += time.perf_counter() - t0
+                rec["seconds"] = time.perf_counter() - t0
+                self.elapsed += rec["seconds"]
                 self.history.append(rec)
                 self.iteration += 1
                 bar.update(1)

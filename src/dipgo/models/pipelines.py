@@ -55,6 +55,16 @@ def quiet_libraries() -> None:
         pass
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``fp32`` / ``fp16`` / ``bf16`` (the ``--dtype`` values) as a torch dtype."""
+    if name not in DTYPES:
+        raise DipgoError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_pipeline(target: str | Path, dtype: torch.dtype = torch.float32, progress: bool = False):
     """Load a diffusers pipeline from a local folder (or a hub id, where a hub is reachable)."""
     from diffusers import DiffusionPipeline
