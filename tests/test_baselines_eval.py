@@ -169,6 +169,14 @@ def test_bench_config_validation():
     with pytest.raises(DipgoError, match="families"):
         BenchConfig(families=["magic"])
     assert BenchConfig.quick().n < BenchConfig().n
+    with pytest.raises(DipgoError, match="unknown scheduler 'heun'"):
+        BenchConfig(scheduler="heun")
+    with pytest.raises(DipgoError, match="unknown dtype"):
+        BenchConfig(dtype="fp8")
+    from dipgo.evaluate.bench import scheduler_label, scheduler_tag
+
+    assert [scheduler_tag(s) for s in ("ddim", "plms", "dpm++", "euler")] == ["ddim", "pndm", "dpmpp", "euler"]
+    assert [scheduler_label(s) for s in (None, "pndm", "dpm", "euler")] == ["DDIM", "PLMS", "DPM++", "Euler"]
 
 
 def _rec(family, budget, psnr, fid, speed=2.0):

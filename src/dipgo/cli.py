@@ -294,7 +294,7 @@ def cmd_bench(args) -> int:
     kw = {}
     if args.models:
         kw["models"] = args.models
-    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype"):
+    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype", "scheduler"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
@@ -458,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budgets", default=None, help="comma-separated MACs reduction factors (default 2,3,4.4)")
     bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "
                        "DeepCache non-uniform, FBCache")
+    bench.add_argument("--scheduler", default=None, help="ddim (default), pndm (PLMS), dpm++, euler: the base "
+                       "sampler every method is measured on")
     bench.add_argument("--n", "--num-images", dest="n", type=int, default=None,
                        help="images per point (--num-images under torchrun)")
     bench.add_argument("--batch", type=int, default=None)

@@ -35,7 +35,7 @@ from ..dist import world
 from ..errors import DipgoError
 from ..fileio import atomic_path
 from ..models.costs import count_params
-from ..models.pipelines import default_calibration, denoiser_of, parse_dtype, set_scheduler
+from ..models.pipelines import SCHEDULERS, default_calibration, denoiser_of, parse_dtype, set_scheduler
 from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
 from .evaluation import Evaluator, Judge, compare
 
@@ -71,6 +71,7 @@ class BenchConfig:
     fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
+    scheduler: str = "ddim"    # ddim, pndm (PLMS), dpm++, euler
     device: str | None = None  # cpu (default), cuda, cuda:1, ...
     dtype: str = "fp32"        # fp32, fp16 or bf16
 
@@ -87,6 +88,8 @@ class BenchConfig:
         if any(b < 2 for b in self.bases):
             raise DipgoError(f"base step counts must be >= 2, got {self.bases}")
         parse_dtype(self.dtype)
+        if self.scheduler not in SCHEDULERS:
+            raise DipgoError(f"unknown scheduler {self.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
 
     @classmethod
     def quick(cls, **kw) -> BenchConfig:
@@ -97,15 +100,25 @@ class BenchConfig:
         return cls(**base)
 
 
+def scheduler_tag(scheduler: str) -> str:
+    """The scheduler's part of file names and keys: ``ddim``, ``pndm``, ``dpmpp``, ``euler``."""
+    return {"plms": "pndm", "dpm": "dpmpp", "dpm++": "dpmpp"}.get(scheduler, scheduler)
+
+
+def scheduler_label(scheduler: str | None) -> str:
+    """How tables name a sampler: DDIM, PLMS, DPM++, Euler."""
+    return {"pndm": "PLMS", "dpmpp": "DPM++", "euler": "Euler"}.get(scheduler_tag(scheduler or "ddim"), "DDIM")
+
+
 def search_for_budget(pipe, model: str, base: int, guidance: float, budget: float, directory: str | Path,
-                      progress: bool = True, calibration=None) -> tuple:
+                      progress: bool = True, calibration=None, scheduler: str = "ddim") -> tuple:
     """The DiP-GO search result for one budget: each initialisation loaded if saved, else searched
     (resumable) and saved; returns ``(result, info)`` for the one with the lower final consistency."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     found = []
     for init in INITS:
-        path = directory / f"{model}-ddim{base}-x{budget:g}-{init}.json"
+        path = directory / f"{model}-{scheduler_tag(scheduler)}{base}-x{budget:g}-{init}.json"
         if not path.exists():
             cfg = SearchConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
                                iterations=SEARCH_ITERATIONS, batch=search_batch(pipe, base), init=init)
@@ -174,7 +187,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     for model in cfg.models:
         pipe, source = zoo.load(model, parse_dtype(cfg.dtype))
         pipe.to(world().device(cfg.device))
-        set_scheduler(pipe, "ddim")
+        set_scheduler(pipe, cfg.scheduler)
         guidance = source.guidance_scale
         calibration = default_calibration(pipe, defaults=source.defaults)
         params[model] = count_params(denoiser_of(pipe))
@@ -190,8 +203,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     result = None
                     if "dipgo" in cfg.families:
                         result, info = search_for_budget(pipe, model, base, guidance, budget, cfg.searches, progress,
-                                                         calibration)
-                        searches[f"{model}-ddim{base}-x{budget:g}"] = dict(
+                                                         calibration, cfg.scheduler)
+                        searches[f"{model}-{scheduler_tag(cfg.scheduler)}{base}-x{budget:g}"] = dict(
                             info, iterations=result.config.iterations, batch=result.config.batch)
                     if cfg.search_only:
                         continue
@@ -204,7 +217,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                         rec = compare(ev, run, full, q, q_full)
                         records.append(dict(rec, model=model, base=base, family=family, budget=budget))
                         if progress:
-                            print(f"{model} DDIM-{base} {budget:g}x {run.label}: MACs {rec['macs_speedup']:.2f}x, "
+                            print(f"{model} {scheduler_label(cfg.scheduler)}-{base} {budget:g}x {run.label}: "
+                                  f"MACs {rec['macs_speedup']:.2f}x, "
                                   f"wall {rec['wall_speedup']:.2f}x, FID {rec['fid']:.2f}, "
                                   f"PSNR {rec['psnr_vs_full']:.2f}", flush=True)
         finally:
@@ -314,7 +328,7 @@ def markdown(report: dict) -> str:
     for r in report["records"]:
         by.setdefault((r["model"], r["base"]), []).append(r)
     for (model, base), recs in by.items():
-        lines += [f"## {model}, DDIM-{base}", "",
+        lines += [f"## {model}, {scheduler_label(cfg.get('scheduler'))}-{base}", "",
                   "| budget | method | MACs speedup | wall speedup | ms/image [IQR] | FID | cond. acc "
                   "| PSNR (dB) | SSIM |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -326,6 +340,7 @@ def markdown(report: dict) -> str:
                          f"{r['psnr_vs_full']:.2f} | {r['ssim_vs_full']:.3f} |")
         lines.append("")
     floor = floor_table(report["records"])
+    sched = scheduler_label(cfg.get("scheduler"))
     if floor:
         lines += ["## Speed at a quality floor", "",
                   f"The fastest measured point of each method whose PSNR against the full model stays at or above "
@@ -335,9 +350,9 @@ def markdown(report: dict) -> str:
                   "| model | base | method | best wall speedup | MACs speedup | point |", "|---|---|---|---|---|---|"]
         for f in floor:
             if f["wall_speedup"] is None:
-                lines.append(f"| {f['model']} | DDIM-{f['base']} | {f['family']} | none reaches the floor | | |")
+                lines.append(f"| {f['model']} | {sched}-{f['base']} | {f['family']} | none reaches the floor | | |")
             else:
-                lines.append(f"| {f['model']} | DDIM-{f['base']} | {f['family']} | {f['wall_speedup']:.2f}x | "
+                lines.append(f"| {f['model']} | {sched}-{f['base']} | {f['family']} | {f['wall_speedup']:.2f}x | "
                              f"{f['macs_speedup']:.2f}x | {f['method']} |")
         lines.append("")
     lines += ntire_section(report)
@@ -354,7 +369,7 @@ def markdown(report: dict) -> str:
                   "| FID (dipgo / other) | met |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in checks:
-            lines.append(f"| {c['model']} | DDIM-{c['base']} | {c['budget']:g}x | {c['versus']} | "
+            lines.append(f"| {c['model']} | {sched}-{c['base']} | {c['budget']:g}x | {c['versus']} | "
                          f"{c['dipgo_macs_speedup']:.2f}x | "
                          f"{c['dipgo_psnr']:.2f} / {c['other_psnr']:.2f}{'' if c['interpolated'] else ' (nearest)'} | "
                          f"{c['dipgo_fid']:.2f} / {c['other_fid']:.2f} | "
@@ -413,7 +428,7 @@ def ntire_section(report: dict) -> list[str]:
     lines = ["## NTIRE-style efficiency score", ""]
     for (model, base), entries in by.items():
         pruned = any("source" in e for e in entries)
-        lines += [f"### {model}, DDIM-{base}", ""] + markdown(
+        lines += [f"### {model}, {scheduler_label(report['config'].get('scheduler'))}-{base}", ""] + markdown(
             rank(entries, floor), floor,
             "Bench points: runtime is the whole generation's wall time." + (
                 " Layer/depth-pruned rows (`layers:` / `depth:`): runtime is the denoiser call's latency at 16 "
@@ -447,7 +462,7 @@ def pareto_plot(report: dict, path: Path) -> None:
                 ax.axhline(full["fid"], color="k", ls=":", lw=1, label="full model")
             ax.set_xlabel("measured wall-clock speedup")
             ax.set_ylabel(label)
-            ax.set_title(f"{key[0]}, DDIM-{key[1]}")
+            ax.set_title(f"{key[0]}, {scheduler_label(report['config'].get('scheduler'))}-{key[1]}")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     axes[1][0].legend(fontsize=8)
