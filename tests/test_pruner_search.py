@@ -43,6 +43,7 @@ def test_straight_through_is_hard_forward_soft_backward():
     (dict(loss="lpips"), "unknown loss"),
     (dict(init="random"), "unknown init"),
     (dict(num_inference_steps=1), "num_inference_steps"),
+    (dict(references=2, batch=4), r"references must be 0 .* or >= batch"),
 ])
 def test_bad_search_settings(kw, needle):
     with pytest.raises(DipgoError, match=needle):
@@ -67,6 +68,38 @@ def test_search_moves_gradually_and_resumes(sd_pipe, tmp_path):
     assert max(a - b for a, b in zip(kept[:-1], kept[1:], strict=True)) < 0.5
     assert min(h["psnr"] for h in hist) > 15
     assert result.scores.shape == (6, 9)
+
+
+def test_reference_pool_gives_the_fresh_references_and_resumes_exactly(sd_pipe, tmp_path):
+    from dipgo.cache.runtime import attach, detach
+
+    cfg = SearchConfig(ratio=0.5, num_inference_steps=4, iterations=4, batch=2, references=5, checkpoint_every=1)
+    search = Search(sd_pipe, cfg)
+    att = attach(search.denoiser, search.modules, search.graph.modes)
+    try:
+        search._build_pool(att.state)
+        conditions, seeds, images = search.pool
+        assert images.shape[0] == 5 == len(seeds)
+        # each pooled image is what a fresh reference of that (condition, seed) would be
+        fresh = search._sample(att.state, conditions[3:5], seeds[3:5])
+    finally:
+        detach(search.denoiser)
+    torch.testing.assert_close(images[3:5], fresh, atol=1e-5, rtol=0)
+
+    whole = Search(sd_pipe, cfg).run(progress=False)
+
+    class Interrupted(Search):  # killed at the start of iteration 2 (Ctrl-C, a lost machine)
+        def step(self, att):
+            if self.iteration == 2:
+                raise KeyboardInterrupt
+            return super().step(att)
+
+    ckpt = tmp_path / "pool.pt"
+    with pytest.raises(KeyboardInterrupt):
+        Interrupted(sd_pipe, cfg, checkpoint_path=ckpt).run(progress=False)
+    resumed = Search(sd_pipe, cfg, checkpoint_path=ckpt)
+    assert resumed.iteration == 2 and resumed.pool is None  # the pool is rebuilt, the same
+    torch.testing.assert_close(resumed.run(progress=False).scores, whole.scores, atol=1e-6, rtol=0)
 
 
 def test_resume_refuses_a_different_search(sd_pipe, tmp_path):

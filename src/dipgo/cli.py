@@ -88,6 +88,7 @@ def cmd_prune(args) -> int:
     pipe, source, calibration = _load(args)
     config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
+                          references=args.references,
                           init=args.init, seed=args.seed, granularity=args.granularity,
                           grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing],
                           ratios=(min(ratios), max(ratios)) if len(set(ratios)) > 1 else None)
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", default="schedule.json")
     prune.add_argument("--iterations", type=int, default=150)
     prune.add_argument("--batch", type=int, default=4, help="images per search iteration")
+    prune.add_argument("--references", type=int, default=0, help="full-model images sampled once and drawn from "
+                       "every iteration (0: fresh ones each iteration)")
     prune.add_argument("--lr", type=float, default=None, help="pruner learning rate (default 0.1; 0.02 when "
                        "several ratios share one search)")
     prune.add_argument("--loss", default="ssim", help="consistency loss: ssim (1 - SSIM), l1, l2")

@@ -50,6 +50,7 @@ LOSSES = ("ssim", "l1", "l2")
 # Per-call gradient checkpointing halves the search's peak memory (667 MB vs 1,275 MB for the zoo's SD model, 50 steps,
 # 4 images) but costs ~1.5x the time. Small models fit easily without it; SD-sized ones (860M) do not.
 AUTO_CHECKPOINT_PARAMS = 100_000_000
+REFERENCE_BATCH = 16  # images per sampling run when building the reference pool
 
 
 @dataclass
@@ -80,6 +81,10 @@ class SearchConfig:
     # range and cuts the current scores at it (the same threshold post-processing uses), so the scores
     # learn a ranking that is good at every cut; ``ratio`` is then ignored.
     ratios: tuple[float, float] | None = None
+    # Full-model references: 0 samples fresh ones every iteration (the paper: one extra sampling run per
+    # iteration, about a quarter of its time); N > 0 generates a pool of N once, in batches of
+    # REFERENCE_BATCH, and each iteration draws its batch (conditions, seeds and images) from it.
+    references: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -100,6 +105,9 @@ class SearchConfig:
             self.lr = 0.02 if self.ratios is not None else 0.1
         if not self.lr > 0:
             raise DipgoError(f"lr must be > 0, got {self.lr}")
+        if self.references and self.references < self.batch:
+            raise DipgoError(f"references must be 0 (fresh every iteration) or >= batch ({self.batch}), got "
+                             f"{self.references}")
         if self.ratios is not None:
             lo, hi = self.ratios = tuple(float(r) for r in self.ratios)
             if not 0.0 < lo <= hi < 1.0:
@@ -350,6 +358,7 @@ class Search:
         self.curriculum = Curriculum(config)
         self.iteration, self.history, self.elapsed = 0, [], 0.0
         self.rng = torch.Generator().manual_seed(config.seed)
+        self.pool: tuple[list[int], list[int], torch.Tensor] | None = None  # conditions, seeds, images
         self.store = SearchCheckpoint(checkpoint_path)
         self.store.restore(self)
 
@@ -372,14 +381,35 @@ class Search:
                              "before: the sampling code must make the same number of calls every time")
         return images
 
+    def _build_pool(self, state) -> None:
+        """The full model's images for ``references`` (condition, seed) pairs drawn from their own generator
+        (so a resumed search rebuilds the same pool); each rank generates a slice, all get every image."""
+        n = self.cfg.references
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        conditions = self.sampler.calibration.draw(n, g)
+        seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
+        mine, parts = self.world.shard(n), []
+        with torch.no_grad():
+            for start in range(mine.start, mine.stop, REFERENCE_BATCH):
+                idx = range(start, min(start + REFERENCE_BATCH, mine.stop))
+                parts.append(self._sample(state, [conditions[i] for i in idx], [seeds[i] for i in idx]).cpu())
+        images = torch.cat([p for rank in self.world.gather(parts) for p in rank])
+        self.pool = (conditions, seeds, images.to(self.device))
+
     def step(self, att) -> dict:
         cfg, state, it = self.cfg, att.state, self.iteration
-        conditions = self.sampler.calibration.draw(cfg.batch, self.rng)
-        seeds = torch.randint(0, 2**31 - 1, (cfg.batch,), generator=self.rng).tolist()
+        if self.pool is not None:
+            picked = torch.randperm(len(self.pool[1]), generator=self.rng)[:cfg.batch].tolist()
+            conditions, seeds = [self.pool[0][i] for i in picked], [self.pool[1][i] for i in picked]
+        else:
+            conditions = self.sampler.calibration.draw(cfg.batch, self.rng)
+            seeds = torch.randint(0, 2**31 - 1, (cfg.batch,), generator=self.rng).tolist()
         mine = self.world.shard(cfg.batch)  # this rank's images of the batch (all of them in one process)
         conditions, seeds = [conditions[i] for i in mine], [seeds[i] for i in mine]
         share = len(mine) / cfg.batch
-        if mine:
+        if mine and self.pool is not None:
+            ref = self.pool[2][[picked[i] for i in mine]]
+        elif mine:
             with torch.no_grad():
                 ref = self._sample(state, conditions, seeds)
         scores = self.pruner()
@@ -450,6 +480,11 @@ class Search:
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search",
                    disable=not (progress and self.world.main), dynamic_ncols=True)
         try:
+            if self.cfg.references and self.pool is None and self.iteration < self.cfg.iterations:
+                bar.set_postfix_str(f"sampling {self.cfg.references} references")
+                t0 = time.perf_counter()
+                self._build_pool(att.state)
+                self.elapsed += time.perf_counter() - t0
             while self.iteration < self.cfg.iterations:
                 t0 = time.perf_counter()
                 rec = self.step(att)
