@@ -5,7 +5,8 @@ DIPGO  := $(VENV)/bin/dipgo
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth clean
+.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth bench-samplers \
+	bench-scale clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -62,6 +63,19 @@ bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
+
+# Issue 13: DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
+# on the machine (~20 min each); then the time of the default prune with and without a reference pool (~40 min).
+bench-samplers: $(STAMP)
+	$(DIPGO) bench mnist-sd --scheduler dpm++ --bases 20 --out benchmarks/results/bench-dpmpp
+	$(DIPGO) bench mnist-sd --scheduler euler --bases 20 --out benchmarks/results/bench-euler
+	$(DIPGO) bench mnist-sd --scheduler pndm --bases 50 --budgets 5,6.667 --methods "dipgo,fewer steps" \
+		--out benchmarks/results/bench-plms50
+	$(PY) benchmarks/prune_time.py
+
+# Issue 12: the search on 1 and 2 processes (torchrun, gloo), alone on the machine (~2 min).
+bench-scale: $(STAMP)
+	$(PY) benchmarks/search_scaling.py
 
 test: $(STAMP)
 	$(PY) -m pytest
