@@ -1,6 +1,7 @@
 """Issue 13: the time of the default ``dipgo prune mnist-sd --ratio 0.8 --steps 50`` (target <= 600 s on 2
-cores), with fresh references every iteration (the default) and with a pool of full-model references
-sampled once (``--references N``); each schedule then evaluated the same way.
+cores), with fresh references every iteration (the default), with a pool of full-model references
+sampled once (``--references N``), and with that pool plus the fewer-steps initialisation (``--init
+uniform``); each schedule then evaluated the same way.
 
     python benchmarks/prune_time.py            # -> benchmarks/results/prune-time.{json,md}
 
@@ -20,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "prune-time"
 DIPGO = str(Path(sys.executable).with_name("dipgo"))
-VARIANTS = {"fresh references (default)": [], "64 pooled references": ["--references", "64"]}
+VARIANTS = {"fresh references (default)": [], "64 pooled references": ["--references", "64"],
+            "64 pooled references, uniform init": ["--references", "64", "--init", "uniform"]}
 
 
 def timed(cmd: list[str]) -> float:
