@@ -67,12 +67,11 @@ def _load(args):
     """The pipeline, its source (zoo card), and the calibration inputs from --prompts / --class-labels."""
     from . import zoo
     from .models.calibration import parse_class_labels, read_prompts
-    from .models.pipelines import default_calibration, parse_dtype
+    from .models.pipelines import default_calibration
 
     prompts = read_prompts(args.prompts) if getattr(args, "prompts", None) else None
     labels = parse_class_labels(args.class_labels) if getattr(args, "class_labels", None) else None
-    pipe, source = zoo.load(args.model, parse_dtype(getattr(args, "dtype", "fp32")))
-    pipe.to(world().device(getattr(args, "device", None)))
+    pipe, source = zoo.load(args.model, getattr(args, "dtype", "fp32"), getattr(args, "device", None))
     calibration = default_calibration(pipe, prompts, labels, source.defaults)
     return pipe, source, calibration
 

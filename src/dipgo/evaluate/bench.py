@@ -185,8 +185,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     params: dict = {}
     t_start = time.perf_counter()
     for model in cfg.models:
-        pipe, source = zoo.load(model, parse_dtype(cfg.dtype))
-        pipe.to(world().device(cfg.device))
+        pipe, source = zoo.load(model, cfg.dtype, cfg.device)
         set_scheduler(pipe, cfg.scheduler)
         guidance = source.guidance_scale
         calibration = default_calibration(pipe, defaults=source.defaults)

@@ -8,15 +8,14 @@ from .. import zoo
 from ..dist import world
 from ..models.adapters import block_names, resolve_blocks
 from ..models.costs import count_macs, count_params, measure_latency
-from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, parse_dtype
+from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
 
 
 def model_info(model: str, runs: int = 20, warmup: int = 3, device: str | None = None, dtype: str = "fp32") -> dict:
     """Blocks with params and MACs per denoiser call (batch 1, no CFG), totals and measured latency
     (on ``device`` in ``dtype``; CUDA timings use CUDA events)."""
-    pipe, source = zoo.load(model, parse_dtype(dtype))
+    pipe, source = zoo.load(model, dtype, device)
     dev = world().device(device)
-    pipe.to(dev)
     denoiser = denoiser_of(pipe)
     args, kwargs = capture_denoiser_call(pipe, default_calibration(pipe, defaults=source.defaults))
     names = block_names(denoiser)

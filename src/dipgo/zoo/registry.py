@@ -150,7 +150,14 @@ def resolve(model: str) -> ModelSource:
         "folder, or a hub id such as 'org/name'")
 
 
-def load(model: str, dtype: torch.dtype = torch.float32):
-    """``(pipeline, source)`` for a MODEL argument."""
+def load(model: str, dtype: torch.dtype | str = torch.float32, device: str | None = None):
+    """``(pipeline, source)`` for a MODEL argument, in ``dtype`` (a torch dtype or ``fp32``/``fp16``/``bf16``)
+    on ``device`` (see :meth:`dipgo.dist.World.device`; default CPU)."""
+    from ..dist import world
+    from ..models.pipelines import parse_dtype
+
     source = resolve(model)
-    return source.load(dtype), source
+    pipe = source.load(parse_dtype(dtype) if isinstance(dtype, str) else dtype)
+    if device is not None:
+        pipe.to(world().device(device))
+    return pipe, source
