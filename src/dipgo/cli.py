@@ -493,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     args = build_parser().parse_args(argv)
+    w = None
     try:
         w = world()
         if w.size > 1:
@@ -507,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DipgoError, KeyError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"dipgo {args.command}: error: {msg}", file=sys.stderr)
+        if w is not None:
+            w.close(wait=False)
         return 2
 
 

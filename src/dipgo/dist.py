@@ -109,15 +109,17 @@ class World:
 
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the process group together (a rank that exits while another is still in a collective
-        makes the latter abort)."""
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group: after a barrier (``wait``), so no rank exits while another is still in a
+        collective; without one on error paths, where the others may never reach it. A process that exits
+        with its gloo group still alive can abort at exit."""
         global _WORLD
         if self.size > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.barrier()
+                if wait:
+                    dist.barrier()
                 dist.destroy_process_group()
         _WORLD = None
 
@@ -181,6 +183,10 @@ def world(cpu: bool | None = None) -> World:
                          "with torchrun or 'accelerate launch'")
     _WORLD = World(state.process_index, state.num_processes, state.local_process_index,
                    "nccl" if "nccl" in str(state.backend) else str(state.backend))
-    check_versions(_WORLD)
+    try:
+        check_versions(_WORLD)
+    except DipgoError:
+        _WORLD.close()  # every rank saw the same versions and raises the same error
+        raise
     return _WORLD
 
