@@ -19,7 +19,8 @@ from .cache.postprocess import schedule_at_ratio  # noqa: E402
 from .cache.schedule import Schedule, ScheduleError  # noqa: E402
 from .depth.io import load_pruned  # noqa: E402
 from .errors import DipgoError  # noqa: E402
+from .malloc import tune_malloc  # noqa: E402
 from .models.calibration import Calibration  # noqa: E402
 
 __all__ = ["apply", "remove", "summary", "prune", "is_applied", "schedule_at_ratio", "Schedule",
-           "ScheduleError", "DipgoError", "Calibration", "load_pruned"]
+           "ScheduleError", "DipgoError", "Calibration", "load_pruned", "tune_malloc"]

@@ -489,9 +489,11 @@ def _device_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .malloc import tune_malloc
     from .models.pipelines import quiet_libraries
 
     quiet_libraries()
+    tune_malloc()  # CPU runs stop re-faulting their activation memory on every call (see dipgo.malloc)
     args = build_parser().parse_args(argv)
     w = None
     try:

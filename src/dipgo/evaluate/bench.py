@@ -34,6 +34,7 @@ from ..cache.search import Search, SearchConfig, load_result, save_result
 from ..dist import world
 from ..errors import DipgoError
 from ..fileio import atomic_path
+from ..malloc import malloc_settings
 from ..models.costs import count_params
 from ..models.pipelines import SCHEDULERS, default_calibration, denoiser_of, parse_dtype, set_scheduler
 from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
@@ -175,7 +176,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "processes": world().size,
-            "torch": torch.__version__,
+            "torch": torch.__version__, "malloc": malloc_settings(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
