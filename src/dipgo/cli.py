@@ -84,6 +84,8 @@ def cmd_prune(args) -> int:
     ratios = [float(r) for r in str(args.ratio).split(",")]
     for r in ratios:  # validated before anything is loaded
         SearchConfig(ratio=r)
+    if args.refine < 0:
+        raise DipgoError(f"--refine is a number of held-out sampling runs (>= 0), got {args.refine}")
     pipe, source, calibration = _load(args)
     config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
                           iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
@@ -112,6 +114,15 @@ def cmd_prune(args) -> int:
     result = search.run(progress=True)
     for r in ratios:
         schedule = schedule_at_ratio(result, r)
+        if args.refine:
+            from .cache.refine import RefineConfig, refine
+
+            rc = RefineConfig(evaluations=args.refine)
+            done = world().on_main(lambda r=r, rc=rc: refine(pipe, result, r, calibration, rc,
+                                                             guidance_scale=config.guidance_scale, progress=True))
+            schedule = done.schedule
+            print(f"refined on held-out images: {done.psnr:.2f} dB against the full model, from the "
+                  f"{done.start} start (starts: {', '.join(f'{k} {v:.2f}' for k, v in done.starts.items())})")
         path = out if len(ratios) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
         if world().main:
             schedule.save(path)
@@ -294,7 +305,7 @@ def cmd_bench(args) -> int:
     kw = {}
     if args.models:
         kw["models"] = args.models
-    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype", "scheduler"):
+    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype", "scheduler", "refine"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
@@ -378,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="recompute each call in backward: ~half the memory, ~1.5x the time "
                        "(auto: on for denoisers over 100M parameters)")
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
+    prune.add_argument("--refine", type=int, default=0, metavar="N",
+                       help="after the search, refine each schedule by a local search of N sampling runs on "
+                       "held-out images (0: off; ~150-400 is typical)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
     prune.add_argument("--seed", type=int, default=0)
@@ -470,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "default 30")
     bench.add_argument("--floor-fid", type=float, default=None, help="NTIRE ranking floor: FID at most this much "
                        "worse than the full model's (relative), default 0.10")
+    bench.add_argument("--refine", type=int, default=None, metavar="N",
+                       help="refine each dipgo schedule by a held-out local search of N sampling runs (default 0: "
+                       "off, the uniform fallback instead)")
     bench.add_argument("--search-only", action="store_true", help="only run the missing DiP-GO searches (e.g. one "
                        "process per model, in parallel, before the timed run)")
     bench.add_argument("--report-only", default=None, metavar="JSON",

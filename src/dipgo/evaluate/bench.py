@@ -70,6 +70,7 @@ class BenchConfig:
     tag: str = "bench"
     search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
     fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
+    refine: int = 0            # dipgo points: held-out local search with this many sampling runs (0: off)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
     scheduler: str = "ddim"    # ddim, pndm (PLMS), dpm++, euler
@@ -89,6 +90,8 @@ class BenchConfig:
         if any(b < 2 for b in self.bases):
             raise DipgoError(f"base step counts must be >= 2, got {self.bases}")
         parse_dtype(self.dtype)
+        if self.refine < 0:
+            raise DipgoError(f"refine is a number of held-out sampling runs (>= 0), got {self.refine}")
         if self.scheduler not in SCHEDULERS:
             raise DipgoError(f"unknown scheduler {self.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
 
@@ -209,7 +212,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     if cfg.search_only:
                         continue
                     for family in cfg.families:
-                        applied = _method(family, pipe, ev, base, guidance, budget, result, cfg.fallback)
+                        applied = _method(family, pipe, ev, base, guidance, budget, result, cfg.fallback,
+                                          cfg.refine)
                         if applied is None:
                             continue
                         run = ev.run(applied, progress)
@@ -228,10 +232,19 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 
 
 def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result,
-            fallback: bool = False):
+            fallback: bool = False, refine: int = 0):
     if family == "dipgo":
         try:
-            if fallback:
+            if refine:  # subsumes the fallback: its starts include the uniform schedules
+                from ..cache.refine import RefineConfig
+                from ..cache.refine import refine as refine_schedule
+
+                done = ev.world.on_main(lambda: refine_schedule(pipe, result, 1 - 1 / budget, ev.calibration,
+                                                                RefineConfig(evaluations=refine),
+                                                                guidance_scale=guidance, progress=False))
+                schedule = done.schedule
+                tag = f" (refined from {'the search' if done.start == 'search' else done.start})"
+            elif fallback:
                 from ..cache.fallback import schedule_with_fallback
 
                 # rank 0 decides, so that every rank evaluates the same schedule

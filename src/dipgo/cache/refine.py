@@ -1,0 +1,265 @@
+"""Refine a schedule by local search on held-out generations, at a fixed MACs budget.
+
+The gradient search ends in a good region but not always at a point better than the simple schedules
+the same space contains: evenly spread full calls (fewer steps on a UNet, FORA on a transformer). This
+step starts from the best of the searched schedule and the uniform schedules next to the budget,
+*repairs* each to the budget (greedily drops the gate whose loss hurts the held-out images least) or spends
+the slack it leaves (greedily adds the gate that helps most), then
+climbs: it proposes moves (a call's computed blocks shifted to the next or previous call; one computed and
+one reused (call, block) pair swapped, mostly between neighbouring calls) and keeps a move when the
+held-out PSNR against the full model rises.
+
+Everything is measured on ``n`` held-out generations (seeds from :data:`HELD_OUT_SEED`, never the
+seeds benchmarks evaluate on), so the gain it reports is a held-out gain; the benchmark's own seeds then
+say whether it generalises. Each proposal costs one sampling run of ``n`` images at the budget.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DipgoError
+from ..models.adapters import effective_keep
+from ..models.calibration import Calibration
+from ..models.pipelines import generate
+from ..models.similarity import psnr
+from .apply import apply, remove
+from .postprocess import pruned_ratio, schedule_at_ratio, schedule_from_mask
+from .schedule import Schedule
+from .search import uniform_mask
+
+HELD_OUT_SEED = 1_000_000
+
+
+@dataclass
+class RefineConfig:
+    """``evaluations``: sampling runs the climb may spend (repairs included); ``n``: held-out images per run;
+    ``tol``: how far below ``ratio`` the pruned MACs share may land (the post-processing's window)."""
+
+    evaluations: int = 120
+    n: int = 16
+    tol: float = 0.0125
+    repair_candidates: int = 16
+    shift_share: float = 0.3
+    neighbour_share: float = 0.4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.evaluations < 0:
+            raise DipgoError(f"evaluations must be >= 0, got {self.evaluations}")
+        if self.n < 1:
+            raise DipgoError(f"n (held-out images) must be >= 1, got {self.n}")
+        if min(self.shift_share, self.neighbour_share) < 0 or self.shift_share + self.neighbour_share > 1:
+            raise DipgoError("shift_share and neighbour_share must be >= 0 and sum to at most 1, got "
+                             f"{self.shift_share} and {self.neighbour_share}")
+
+
+@dataclass
+class Refined:
+    schedule: Schedule
+    start: str                      # which start won: "search" or "uniform k/T"
+    psnr: float                     # held-out PSNR of the result
+    starts: dict[str, float]        # held-out PSNR of every start after its repair
+    history: list[float] = field(default_factory=list)  # best held-out PSNR after each evaluation
+    evaluations: int = 0
+
+
+class _Scorer:
+    """Held-out PSNR of a mask: one sampling run of ``n`` images with the mask's schedule applied."""
+
+    def __init__(self, pipe, result, calibration: Calibration, n: int, guidance_scale: float | None,
+                 budget: int, progress: bool):
+        self.pipe, self.result = pipe, result
+        self.steps = result.config.num_inference_steps
+        self.conditions = calibration.cycle(n)
+        self.calibration, self.guidance, self.n = calibration, guidance_scale, n
+        self.evaluations, self.budget = 0, budget
+        self.bar = tqdm(total=budget, desc="refining", disable=not progress, dynamic_ncols=True)
+        with torch.no_grad():
+            self.full = self._images()
+
+    def _images(self) -> torch.Tensor:
+        return generate(self.pipe, self.calibration, self.conditions, seed=HELD_OUT_SEED,
+                        num_inference_steps=self.steps, guidance_scale=self.guidance, batch_size=self.n)
+
+    def schedule(self, mask: torch.Tensor, meta: dict | None = None) -> Schedule:
+        r, m = self.result, self.result.meta
+        return schedule_from_mask(mask, r.graph, r.profile, model_class=m["model_class"], config_hash=m["config_hash"],
+                                  scheduler=m["scheduler"], num_inference_steps=self.steps, cfg=m.get("cfg", 1),
+                                  meta=meta)
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.evaluations
+
+    def __call__(self, mask: torch.Tensor) -> float:
+        self.evaluations += 1
+        if self.evaluations > self.bar.total:  # every start is measured once, even past the budget
+            self.bar.total = self.evaluations
+        self.bar.update(1)
+        apply(self.pipe, self.schedule(mask))
+        try:
+            with torch.no_grad():
+                return float(psnr(self._images(), self.full, cap=100.0).mean())
+        finally:
+            remove(self.pipe)
+
+
+def _cascade(keep: torch.Tensor, graph) -> torch.Tensor:
+    keep = keep.clone()
+    keep[0] = 1.0
+    return effective_keep(keep, graph)
+
+
+def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig, result,
+            rng: random.Random) -> torch.Tensor:
+    """Drop computed gates (call >= 1) until the pruned share reaches ``ratio - tol``; each time the one
+    (of ``repair_candidates`` drawn) whose loss costs the least held-out PSNR."""
+    while pruned_ratio(mask, result.profile) < ratio - cfg.tol:
+        on = [(i, j) for i, j in (mask[1:] > 0.5).nonzero().tolist()]
+        if not on:
+            raise DipgoError(f"cannot reach ratio {ratio}: nothing left to skip")
+        cands = rng.sample(on, min(cfg.repair_candidates, len(on)))
+        if score.left < len(cands):  # out of evaluations: drop the cheapest-to-drop by MACs order
+            cands = cands[:1]
+            i, j = cands[0]
+            keep = mask.clone()
+            keep[i + 1, j] = 0
+            mask = _cascade(keep, result.graph)
+            continue
+        best = None
+        for i, j in cands:
+            keep = mask.clone()
+            keep[i + 1, j] = 0
+            trial = _cascade(keep, result.graph)
+            value = score(trial)
+            if best is None or value > best[0]:
+                best = (value, trial)
+        mask = best[1]
+    return mask
+
+
+def _grow(mask: torch.Tensor, value: float, ratio: float, score: Callable, cfg: RefineConfig, result,
+          rng: random.Random) -> tuple[torch.Tensor, float]:
+    """Spend the slack a start leaves under the budget: add the reused gate (of ``repair_candidates`` drawn)
+    that helps the held-out images most, while one more still fits and helps."""
+    while score.left >= cfg.repair_candidates:
+        off = [(i, j) for i, j in (mask[1:] < 0.5).nonzero().tolist()]
+        trials = []
+        for i, j in rng.sample(off, min(cfg.repair_candidates, len(off))):
+            keep = mask.clone()
+            keep[i + 1, j] = 1
+            trial = _cascade(keep, result.graph)
+            if pruned_ratio(trial, result.profile) >= ratio - cfg.tol:
+                trials.append(trial)
+        if not trials:
+            break
+        best = max(((score(t), t) for t in trials), key=lambda x: x[0])
+        if best[0] <= value:
+            break
+        value, mask = best
+    return mask, value
+
+
+def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch.Tensor | None:
+    """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call."""
+    calls, blocks = mask.shape
+    on = [(i, j) for i, j in (mask > 0.5).nonzero().tolist() if i > 0]
+    off = [(i, j) for i, j in (mask < 0.5).nonzero().tolist()]
+    if not on or not off:
+        return None
+    u = rng.random()
+    if u < cfg.shift_share:  # move everything one call computes to a neighbouring call (cheap calls stay cheap)
+        i = rng.choice(sorted({c for c, _ in on}))
+        k = i + rng.choice((-2, -1, 1, 2))
+        if not 1 <= k < calls:
+            return None
+        keep = mask.clone()
+        keep[i], keep[k] = mask[k], mask[i]
+        return keep
+    if u < cfg.shift_share + cfg.neighbour_share:
+        i, j = rng.choice(on)
+        near = [(i + d, j) for d in (-2, -1, 1, 2) if 1 <= i + d < calls and mask[i + d, j] < 0.5]
+        if not near:
+            return None
+        a, b = rng.choice(near)
+    else:
+        (i, j), (a, b) = rng.choice(on), rng.choice(off)
+    keep = mask.clone()
+    keep[i, j], keep[a, b] = 0.0, 1.0
+    return keep
+
+
+def interval_mask(calls: int, blocks: int, interval: int) -> torch.Tensor:
+    """Full calls 0, N, 2N, ... and reuse in between: DeepCache's (and FORA's) uniform spacing, which leaves
+    the last calls reusing, where :func:`uniform_mask` spreads the full calls to the very last one."""
+    mask = torch.zeros(calls, blocks)
+    mask[::interval] = 1
+    return mask
+
+
+def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dict[str, torch.Tensor]:
+    """For both spacings, the coarsest schedule that reaches the pruned share ``floor`` and the next finer
+    one (which the repair then trims to the budget)."""
+    out = {}
+    families = {"uniform": {f"{k}/{calls}": uniform_mask(calls, blocks, 1 - k / calls) for k in range(1, calls + 1)},
+                "every": {f"{n}": interval_mask(calls, blocks, n) for n in range(calls, 0, -1)}}
+    for family, masks in families.items():  # ordered from most pruned to least
+        masks = {k: _cascade(m, graph) for k, m in masks.items()}
+        names = list(masks)
+        fit = [i for i, k in enumerate(names) if pruned_ratio(masks[k], profile) >= floor]
+        if fit:
+            for i in sorted({fit[-1], min(len(names) - 1, fit[-1] + 1)}):
+                out[f"{family} {names[i]}"] = masks[names[i]]
+    return out
+
+
+def refine(pipe, result, ratio: float, calibration: Calibration, config: RefineConfig | None = None,
+           guidance_scale: float | None = None, progress: bool = True) -> Refined:
+    """The best schedule found at pruned MACs share >= ``ratio - tol``, by held-out PSNR; see the module
+    docstring. ``result`` is a :class:`~dipgo.cache.search.SearchResult` of this pipeline."""
+    cfg = config or RefineConfig()
+    if not 0.0 < ratio < 1.0:
+        raise DipgoError(f"ratio must be in (0, 1), got {ratio}")
+    rng = random.Random(cfg.seed)
+    graph, profile = result.graph, result.profile
+    calls, blocks = result.scores.shape
+    score = _Scorer(pipe, result, calibration, cfg.n, guidance_scale, cfg.evaluations, progress)
+    try:
+        starts: dict[str, torch.Tensor] = {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
+        # the uniform schedules either side of the budget: the coarsest that fits, and the next finer one
+        starts.update(_simple_starts(calls, blocks, graph, profile, ratio - cfg.tol))
+        values: dict[str, float] = {}
+        for name, mask in list(starts.items()):
+            if pruned_ratio(mask, profile) < ratio - cfg.tol:
+                mask = _repair(mask, ratio, score, cfg, result, rng)
+            values[name] = score(mask)
+            starts[name], values[name] = _grow(mask, values[name], ratio, score, cfg, result, rng)
+        start = max(values, key=lambda k: (values[k], k == "search"))
+        best, best_value = starts[start], values[start]
+        history = [best_value]
+        tries = 0
+        while score.left > 0 and tries < 50 * max(1, cfg.evaluations):
+            tries += 1
+            keep = _propose(best, cfg, rng)
+            if keep is None:
+                continue
+            trial = _cascade(keep, graph)
+            if torch.equal(trial, best) or pruned_ratio(trial, profile) < ratio - cfg.tol:
+                continue
+            value = score(trial)
+            if value > best_value + 1e-3:
+                best, best_value = trial, value
+            history.append(best_value)
+    finally:
+        score.bar.close()
+    schedule = score.schedule(best, meta={"method": "dipgo refined", "refine": {
+        "start": start, "held_out_psnr": round(best_value, 3), "starts": {k: round(v, 3) for k, v in values.items()},
+        "evaluations": score.evaluations, "n": cfg.n, "seed": HELD_OUT_SEED}})
+    schedule.requested_ratio = ratio
+    return Refined(schedule, start, best_value, values, history, score.evaluations)

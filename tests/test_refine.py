@@ -1,0 +1,70 @@
+"""Refinement by local search on held-out generations: it keeps the budget, never ends below the best
+start it measured, and its starts include DeepCache/FORA-style spacing."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from families import tiny_dit, tiny_sd
+
+from dipgo.cache.apply import apply, remove
+from dipgo.cache.postprocess import pruned_ratio
+from dipgo.cache.refine import RefineConfig, interval_mask, refine
+from dipgo.cache.search import Search, SearchConfig
+from dipgo.errors import DipgoError
+from dipgo.models.pipelines import default_calibration, generate
+
+
+@functools.cache
+def _searched(family: str):
+    pipe = tiny_dit() if family == "dit" else tiny_sd()
+    result = Search(pipe, SearchConfig(ratio=0.5, num_inference_steps=8, iterations=2, batch=1)).run(progress=False)
+    return pipe, result
+
+
+def test_interval_mask_is_deepcache_spacing():
+    m = interval_mask(10, 3, 4)
+    assert m[:, 0].nonzero().flatten().tolist() == [0, 4, 8]
+    assert (m.sum(1) % 3 == 0).all()  # whole calls
+
+
+@pytest.mark.parametrize("family", ["dit", "sd"])
+def test_refine_keeps_the_budget_and_never_ends_below_its_best_start(family):
+    pipe, result = _searched(family)
+    cfg = RefineConfig(evaluations=14, n=2, repair_candidates=2)
+    out = refine(pipe, result, 0.6, default_calibration(pipe), cfg, progress=False)
+    mask = out.schedule.mask()
+    assert pruned_ratio(mask, result.profile) >= 0.6 - cfg.tol - 1e-6
+    assert out.start in out.starts and "search" in out.starts
+    assert any(k.startswith("every ") for k in out.starts)
+    assert out.psnr >= max(out.starts.values()) - 1e-9  # the climb only accepts improvements
+    assert out.history == sorted(out.history)
+    assert out.evaluations <= cfg.evaluations + len(out.starts) + 1  # starts are always measured once
+    assert (mask[0] == 1).all()
+    # The reported held-out PSNR is what the schedule really gives on those held-out generations.
+    cal = default_calibration(pipe)
+    kw = dict(seed=1_000_000, num_inference_steps=8, batch_size=2)
+    with torch.no_grad():
+        full = generate(pipe, cal, cal.cycle(2), **kw)
+        apply(pipe, out.schedule)
+        try:
+            mine = generate(pipe, cal, cal.cycle(2), **kw)
+        finally:
+            remove(pipe)
+    from dipgo.models.similarity import psnr
+    assert abs(float(psnr(mine, full, cap=100.0).mean()) - out.psnr) < 1e-3
+    assert out.schedule.meta["refine"]["start"] == out.start
+
+
+def test_refine_config_and_ratio_errors():
+    with pytest.raises(DipgoError, match="evaluations"):
+        RefineConfig(evaluations=-1)
+    with pytest.raises(DipgoError, match="held-out"):
+        RefineConfig(n=0)
+    with pytest.raises(DipgoError, match="sum to at most 1"):
+        RefineConfig(shift_share=0.7, neighbour_share=0.5)
+    pipe, result = _searched("dit")
+    with pytest.raises(DipgoError, match="ratio must be in"):
+        refine(pipe, result, 1.2, default_calibration(pipe), RefineConfig(evaluations=0, n=1), progress=False)
