@@ -3,6 +3,7 @@
 searches of ``dipgo bench`` and the fewer-steps / DeepCache curves at the same MACs.
 
     python benchmarks/budget_range_bench.py mnist-sd 20      # one model and base per process
+    python benchmarks/budget_range_bench.py mnist-sd 20 --refine 300 --threads 2   # + held-out refinement
     python benchmarks/budget_range_bench.py --report         # -> benchmarks/results/bench/budget-range.md
 
 The range search uses the bench's iterations and batch for that model and base; its file is saved next
@@ -25,11 +26,12 @@ BUDGETS = (2.0, 3.0, 4.4, 5.5)
 RANGE = (0.5, 1 - 1 / 5.5)
 
 
-def measure(model: str, base: int, threads: int) -> None:
+def measure(model: str, base: int, threads: int, refine_runs: int = 0) -> None:
     import torch
 
     from dipgo import zoo
     from dipgo.cache.postprocess import schedule_at_ratio
+    from dipgo.cache.refine import RefineConfig, refine
     from dipgo.cache.search import Search, SearchConfig, load_result, save_result
     from dipgo.evaluate.baselines import AppliedSchedule, Full
     from dipgo.evaluate.bench import SEARCH_ITERATIONS, at_macs, search_batch
@@ -56,7 +58,13 @@ def measure(model: str, base: int, threads: int) -> None:
                          if f"{model}-ddim{base}-x{b:g}" in bench["searches"]}
     out_path = BENCH / "budget-range.json"
     report = json.loads(out_path.read_text()) if out_path.exists() else {"rows": [], "searches": {}}
+    old_rows = {(r["model"], r["base"], r["budget"]): r for r in report["rows"]}
     report["rows"] = [r for r in report["rows"] if not (r["model"] == model and r["base"] == base)]
+    refined_bench = BENCH.parent / "bench-refine" / "bench.json"  # dedicated searches + refinement
+    refined_recs = []
+    if refine_runs and refined_bench.exists():
+        refined_recs = [r for r in json.loads(refined_bench.read_text())["records"]
+                        if r["model"] == model and r["base"] == base and r["family"] == "dipgo"]
     report["searches"][f"{model}-ddim{base}"] = {"seconds": result.seconds, "iterations": result.config.iterations,
                                                  "batch": result.config.batch, "range": list(RANGE),
                                                  "dedicated_seconds_per_budget_both_inits": dedicated_seconds}
@@ -66,11 +74,32 @@ def measure(model: str, base: int, threads: int) -> None:
         full = ev.run(Full().bind(pipe, base, guidance), progress=False)
         q_full = ev.quality(full, None, progress=False)
         for budget in BUDGETS:
-            schedule = schedule_at_ratio(result, 1 - 1 / budget)
-            run = ev.run(AppliedSchedule(pipe, schedule, f"dipgo range {budget:g}x"), progress=False)
-            rec = compare(ev, run, full, ev.quality(run, full, progress=False), q_full)
-            row = {"model": model, "base": base, "budget": budget, "macs_speedup": rec["macs_speedup"],
-                   "psnr_vs_full": rec["psnr_vs_full"], "fid": rec["fid"], "fid_full": rec["fid_full"]}
+            old = old_rows.get((model, base, budget))
+            if refine_runs and old is not None:  # the range cut itself was measured before: keep it
+                row = {k: v for k, v in old.items() if k not in ("refined", "dedicated_refined")}
+                rec = {"macs_speedup": row["macs_speedup"]}
+            else:
+                schedule = schedule_at_ratio(result, 1 - 1 / budget)
+                run = ev.run(AppliedSchedule(pipe, schedule, f"dipgo range {budget:g}x"), progress=False)
+                rec = compare(ev, run, full, ev.quality(run, full, progress=False), q_full)
+                row = {"model": model, "base": base, "budget": budget, "macs_speedup": rec["macs_speedup"],
+                       "psnr_vs_full": rec["psnr_vs_full"], "fid": rec["fid"], "fid_full": rec["fid_full"]}
+            if refine_runs:
+                t1 = time.perf_counter()
+                done = refine(pipe, result, 1 - 1 / budget, cal, RefineConfig(evaluations=refine_runs),
+                              guidance_scale=guidance, progress=False)
+                seconds = time.perf_counter() - t1
+                run = ev.run(AppliedSchedule(pipe, done.schedule, f"dipgo range+refine {budget:g}x"), progress=False)
+                r2 = compare(ev, run, full, ev.quality(run, full, progress=False), q_full)
+                row["refined"] = {"macs_speedup": r2["macs_speedup"], "psnr_vs_full": r2["psnr_vs_full"],
+                                  "fid": r2["fid"], "start": done.start, "held_out_psnr": done.psnr,
+                                  "starts": done.starts, "evaluations": done.evaluations, "seconds": seconds}
+                ded_r = next((r for r in refined_recs if r["budget"] == budget), None)
+                if ded_r is not None:
+                    row["dedicated_refined"] = {k: ded_r[k] for k in ("macs_speedup", "psnr_vs_full", "fid", "method")}
+                print(f"  refined: MACs {r2['macs_speedup']:.2f}x PSNR {r2['psnr_vs_full']:.2f} FID {r2['fid']:.2f} "
+                      f"from {done.start}" + (f" (dedicated+refine {ded_r['psnr_vs_full']:.2f} dB)" if ded_r else ""),
+                      flush=True)
             ded = next((r for r in recs if r["family"] == "dipgo" and r["budget"] == budget), None)
             if ded is not None:
                 row["dedicated"] = {k: ded[k] for k in ("macs_speedup", "psnr_vs_full", "fid")}
@@ -79,8 +108,9 @@ def measure(model: str, base: int, threads: int) -> None:
                 row[fam] = {m: at_macs(curve, rec["macs_speedup"], m)[0] for m in ("psnr_vs_full", "fid")}
                 row[fam]["extrapolated"] = not at_macs(curve, rec["macs_speedup"], "fid")[1]
             report["rows"].append(row)
-            print(f"{model} DDIM-{base} {budget:g}x: MACs {row['macs_speedup']:.2f}x PSNR {row['psnr_vs_full']:.2f} "
-                  f"FID {row['fid']:.2f}" + (f" (dedicated {ded['psnr_vs_full']:.2f} dB)" if ded else ""), flush=True)
+            print(f"{model} DDIM-{base} {budget:g}x: range cut MACs {row['macs_speedup']:.2f}x PSNR "
+                  f"{row['psnr_vs_full']:.2f} FID {row['fid']:.2f}"
+                  + (f" (dedicated {ded['psnr_vs_full']:.2f} dB)" if ded else ""), flush=True)
             out_path.write_text(json.dumps(report, indent=1))
     finally:
         ev.close()
@@ -110,6 +140,22 @@ def write_report() -> None:
         lines.append(f"| {r['model']} | DDIM-{r['base']} | {r['budget']:g}x | {r['macs_speedup']:.2f}x, "
                      f"{r['psnr_vs_full']:.2f} dB / {r['fid']:.2f} | {ded} | {gap} | {base('fewer steps')} | "
                      f"{base('DeepCache')} |")
+    refined = [r for r in report["rows"] if "refined" in r]
+    if refined:
+        lines += ["", "## With the held-out refinement (`dipgo prune --refine N`)", "",
+                  "The same range search, then `cache/refine.py` at each budget (its starts: the range search's cut, "
+                  "uniform spreads and DeepCache/FORA spacing next to the budget; held-out seeds from 1,000,000). "
+                  "Against the dedicated searches refined the same way (`benchmarks/results/bench-refine/`), where "
+                  "that run exists. Same 256 evaluation images.", "",
+                  "| model | base | budget | range + refine: MACs, PSNR / FID (winning start) | dedicated + refine: "
+                  "MACs, PSNR / FID | PSNR gap | refine time |", "|---|---|---|---|---|---|---|"]
+        for r in refined:
+            x, d = r["refined"], r.get("dedicated_refined")
+            ded = f"{d['macs_speedup']:.2f}x, {d['psnr_vs_full']:.2f} dB / {d['fid']:.2f}" if d else "- (not run)"
+            gap = f"{x['psnr_vs_full'] - d['psnr_vs_full']:+.2f} dB" if d else "-"
+            lines.append(f"| {r['model']} | DDIM-{r['base']} | {r['budget']:g}x | {x['macs_speedup']:.2f}x, "
+                         f"{x['psnr_vs_full']:.2f} dB / {x['fid']:.2f} ({x['start']}) | {ded} | {gap} | "
+                         f"{x['seconds']:.0f} s, {x['evaluations']} runs |")
     lines += ["", "Search time (1 thread; other benchmark processes shared the machine, so compare loosely):"]
     for k, v in report["searches"].items():
         ded = v["dedicated_seconds_per_budget_both_inits"]
@@ -126,9 +172,11 @@ def main() -> None:
     p.add_argument("base", nargs="?", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="also refine each budget's schedule with N held-out sampling runs (keeps the measured cuts)")
     args = p.parse_args()
     if not args.report:
-        measure(args.model, args.base, args.threads)
+        measure(args.model, args.base, args.threads, args.refine)
     write_report()
 
 
