@@ -65,6 +65,14 @@ def measure(model: str, base: int, threads: int, refine_runs: int = 0) -> None:
     if refine_runs and refined_bench.exists():
         refined_recs = [r for r in json.loads(refined_bench.read_text())["records"]
                         if r["model"] == model and r["base"] == base and r["family"] == "dipgo"]
+    def save() -> None:  # re-read first: another process may be measuring another model into the same file
+        current = json.loads(out_path.read_text()) if out_path.exists() else {"rows": [], "searches": {}}
+        current["rows"] = [r for r in current["rows"] if not (r["model"] == model and r["base"] == base)] + \
+            [r for r in report["rows"] if r["model"] == model and r["base"] == base]
+        current["searches"][f"{model}-ddim{base}"] = report["searches"][f"{model}-ddim{base}"]
+        current.update({k: v for k, v in report.items() if k not in ("rows", "searches")})
+        out_path.write_text(json.dumps(current, indent=1))
+
     report["searches"][f"{model}-ddim{base}"] = {"seconds": result.seconds, "iterations": result.config.iterations,
                                                  "batch": result.config.batch, "range": list(RANGE),
                                                  "dedicated_seconds_per_budget_both_inits": dedicated_seconds}
@@ -111,11 +119,11 @@ def measure(model: str, base: int, threads: int, refine_runs: int = 0) -> None:
             print(f"{model} DDIM-{base} {budget:g}x: range cut MACs {row['macs_speedup']:.2f}x PSNR "
                   f"{row['psnr_vs_full']:.2f} FID {row['fid']:.2f}"
                   + (f" (dedicated {ded['psnr_vs_full']:.2f} dB)" if ded else ""), flush=True)
-            out_path.write_text(json.dumps(report, indent=1))
+            save()
     finally:
         ev.close()
-    report["eval_seconds"] = round(time.perf_counter() - t0, 1)
-    out_path.write_text(json.dumps(report, indent=1))
+    report["searches"][f"{model}-ddim{base}"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    save()
 
 
 def write_report() -> None:
@@ -148,7 +156,7 @@ def write_report() -> None:
                   "Against the dedicated searches refined the same way (`benchmarks/results/bench-refine/`), where "
                   "that run exists. Same 256 evaluation images.", "",
                   "| model | base | budget | range + refine: MACs, PSNR / FID (winning start) | dedicated + refine: "
-                  "MACs, PSNR / FID | PSNR gap | refine time |", "|---|---|---|---|---|---|---|"]
+                  "MACs, PSNR / FID | PSNR gap | refine time (2 processes side by side, 1 thread each) |", "|---|---|---|---|---|---|---|"]
         for r in refined:
             x, d = r["refined"], r.get("dedicated_refined")
             ded = f"{d['macs_speedup']:.2f}x, {d['psnr_vs_full']:.2f} dB / {d['fid']:.2f}" if d else "- (not run)"

@@ -126,8 +126,7 @@ def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig
         if not on:
             raise DipgoError(f"cannot reach ratio {ratio}: nothing left to skip")
         cands = rng.sample(on, min(cfg.repair_candidates, len(on)))
-        if score.left < len(cands):  # out of evaluations: drop the cheapest-to-drop by MACs order
-            cands = cands[:1]
+        if score.left < len(cands):  # out of evaluations: drop one of them unmeasured
             i, j = cands[0]
             keep = mask.clone()
             keep[i + 1, j] = 0
