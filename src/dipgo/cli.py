@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
     prune.add_argument("--refine", type=int, default=0, metavar="N",
                        help="after the search, refine each schedule by a local search of N sampling runs on "
-                       "held-out images (0: off; ~150-400 is typical)")
+                       "held-out images (0: off; the bench uses 600)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
     prune.add_argument("--seed", type=int, default=0)
