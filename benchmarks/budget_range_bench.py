@@ -156,7 +156,8 @@ def write_report() -> None:
                   "Against the dedicated searches refined the same way (`benchmarks/results/bench-refine/`), where "
                   "that run exists. Same 256 evaluation images.", "",
                   "| model | base | budget | range + refine: MACs, PSNR / FID (winning start) | dedicated + refine: "
-                  "MACs, PSNR / FID | PSNR gap | refine time (2 processes side by side, 1 thread each) |", "|---|---|---|---|---|---|---|"]
+                  "MACs, PSNR / FID | PSNR gap | refine time (2 processes side by side, 1 thread each) |",
+                  "|---|---|---|---|---|---|---|"]
         for r in refined:
             x, d = r["refined"], r.get("dedicated_refined")
             ded = f"{d['macs_speedup']:.2f}x, {d['psnr_vs_full']:.2f} dB / {d['fid']:.2f}" if d else "- (not run)"
