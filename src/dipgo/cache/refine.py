@@ -165,6 +165,13 @@ def _grow(mask: torch.Tensor, value: float, ratio: float, score: Callable, cfg: 
     return mask, value
 
 
+def _shift_call(mask: torch.Tensor, i: int, k: int) -> torch.Tensor:
+    """``mask`` with calls ``i`` and ``k`` exchanged: what call i computed moves to call k."""
+    keep = mask.clone()
+    keep[i], keep[k] = mask[k], mask[i]
+    return keep
+
+
 def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch.Tensor | None:
     """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call."""
     calls, blocks = mask.shape
@@ -176,11 +183,7 @@ def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch
     if u < cfg.shift_share:  # move everything one call computes to a neighbouring call (cheap calls stay cheap)
         i = rng.choice(sorted({c for c, _ in on}))
         k = i + rng.choice((-2, -1, 1, 2))
-        if not 1 <= k < calls:
-            return None
-        keep = mask.clone()
-        keep[i], keep[k] = mask[k], mask[i]
-        return keep
+        return _shift_call(mask, i, k) if 1 <= k < calls else None
     if u < cfg.shift_share + cfg.neighbour_share:
         i, j = rng.choice(on)
         near = [(i + d, j) for d in (-2, -1, 1, 2) if 1 <= i + d < calls and mask[i + d, j] < 0.5]
@@ -228,14 +231,17 @@ def refine(pipe, result, ratio: float, calibration: Calibration, config: RefineC
     rng = random.Random(cfg.seed)
     graph, profile = result.graph, result.profile
     calls, blocks = result.scores.shape
+
+    def fits(mask: torch.Tensor) -> bool:
+        return pruned_ratio(mask, profile) >= ratio - cfg.tol
+
     score = _Scorer(pipe, result, calibration, cfg.n, guidance_scale, cfg.evaluations, progress)
     try:
         starts: dict[str, torch.Tensor] = {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
-        # the uniform schedules either side of the budget: the coarsest that fits, and the next finer one
         starts.update(_simple_starts(calls, blocks, graph, profile, ratio - cfg.tol))
         values: dict[str, float] = {}
         for name, mask in list(starts.items()):
-            if pruned_ratio(mask, profile) < ratio - cfg.tol:
+            if not fits(mask):
                 mask = _repair(mask, ratio, score, cfg, result, rng)
             values[name] = score(mask)
             starts[name], values[name] = _grow(mask, values[name], ratio, score, cfg, result, rng)
@@ -250,10 +256,8 @@ def refine(pipe, result, ratio: float, calibration: Calibration, config: RefineC
                 for d in (-2, -1, 1, 2):
                     k = i + 1 + d
                     if 1 <= k < calls:
-                        keep = best.clone()
-                        keep[i + 1], keep[k] = best[k], best[i + 1]
-                        trial = _cascade(keep, graph)
-                        if not torch.equal(trial, best) and pruned_ratio(trial, profile) >= ratio - cfg.tol:
+                        trial = _cascade(_shift_call(best, i + 1, k), graph)
+                        if not torch.equal(trial, best) and fits(trial):
                             trials.append(trial)
             scored, running = [], best_value
             for trial in trials:
@@ -273,7 +277,7 @@ def refine(pipe, result, ratio: float, calibration: Calibration, config: RefineC
             if keep is None:
                 continue
             trial = _cascade(keep, graph)
-            if torch.equal(trial, best) or pruned_ratio(trial, profile) < ratio - cfg.tol:
+            if torch.equal(trial, best) or not fits(trial):
                 continue
             value = score(trial)
             if value > best_value + 1e-3:
