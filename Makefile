@@ -57,12 +57,27 @@ bench-layers: $(STAMP)
 	$(PY) benchmarks/layers_bench.py mnist-dit
 	$(PY) benchmarks/layers_bench.py --latency
 	$(PY) benchmarks/layers_bench.py --report
+	# the retraining recipe (cosine + EMA, features at run ends) and layer pruning + DiP-GO at DDIM-50
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 1500
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 8000
+	$(PY) benchmarks/layers_recipe.py mnist-dit --ratio 0.25 --steps 6000
+	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000
+	$(PY) benchmarks/layers_combined.py mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
+		--dipgo-ratio 0.83 --alone
+	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.25-normalized-cosine-ema-6000-lr0.0005-ends \
+		--dipgo-ratio 0.76 --alone
+	$(PY) benchmarks/layers_recipe.py --report
+	$(PY) benchmarks/layers_combined.py --report
 
 bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-dit
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
+	for mode in progressive remove; do \
+		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000; done
+	$(PY) benchmarks/layers_recipe.py --report
 
 # Issue 13: DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
 # on the machine (~20 min each); then the time of the default prune with and without a reference pool (~40 min).

@@ -33,6 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 OUT = ROOT / "benchmarks" / "results" / "depth"
+OLD_RECIPE = ("constant learning rate, the last weights, features taught at every block (measured before the "
+              "recipe of recipe.md)")
+NEW_RECIPE = "cosine learning rate with warm-up, EMA 0.999 weights, features taught at the end of each removed run"
 MODELS = ROOT / "out" / "depth-bench"  # pruned model folders (not committed: sizes)
 RATIOS = {"mnist-dit": (0.25, 0.375, 0.5), "mnist-sd": (0.25, 0.5)}
 MODES = ("progressive", "abrupt", "remove")
@@ -59,8 +62,9 @@ def quality_pass(model: str, args) -> None:
     judge = Judge.from_source(source)
     common = dict(n_images=8, num_inference_steps=20, guidance_scale=guidance)
     report: dict = {"model": model, "n": args.n, "steps": args.steps, "train_steps": args.train_steps,
-                    "batch": args.batch, "lr": args.lr, "ramp": args.ramp, "threads": args.threads, "rows": []}
-    settings = ("n", "steps", "train_steps", "batch", "lr", "ramp")
+                    "batch": args.batch, "lr": args.lr, "ramp": args.ramp, "threads": args.threads, "rows": [],
+                    "recipe": NEW_RECIPE}
+    settings = ("n", "steps", "train_steps", "batch", "lr", "ramp", "recipe")
     path = OUT / f"{model}.json"
     if path.exists():  # an interrupted run: rows already measured with these settings are kept
         old = json.loads(path.read_text())
@@ -212,7 +216,8 @@ def write_report() -> None:
                   f"Full model: {f['params'] / 1e6:.3f} M parameters, FID {f['fid']:.2f}, accuracy {f['cond_acc']:.1%} "
                   f"({rep['n']} images, DDIM-{rep['steps']}); denoiser call "
                   + (f"{lat_full['1']:.2f} ms at batch 1, {lat_full['16']:.2f} ms at 16 images. " if lat_full else "")
-                  + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, progressive ramp "
+                  + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, "
+                  + f"{rep.get('recipe', OLD_RECIPE)}, progressive ramp "
                   f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
                   + rep.get("latency_note", "not measured") + ".", "",
                   "| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "

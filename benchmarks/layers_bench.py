@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT / "src"))
 OUT = ROOT / "benchmarks" / "results" / "layers"
 MODELS = ROOT / "out" / "layers-bench"  # pruned model folders (not committed: sizes)
 RATIOS = (0.25, 0.5)
+OLD_RECIPE = ("constant learning rate, the last weights, features taught at every block (measured before the "
+              "recipe of recipe.md)")
+NEW_RECIPE = "cosine learning rate with warm-up, EMA 0.999 weights, features taught at the end of each removed run"
 
 
 def quality_pass(model: str, args) -> None:
@@ -56,8 +59,9 @@ def quality_pass(model: str, args) -> None:
     judge = Judge.from_source(source)
     common = dict(n_images=8, num_inference_steps=20, guidance_scale=guidance)
     report: dict = {"model": model, "n": args.n, "steps": args.steps, "retrain_steps": args.retrain_steps,
-                    "retrain_batch": args.batch, "lr": args.lr, "threads": args.threads, "rows": []}
-    settings = ("n", "steps", "retrain_steps", "retrain_batch", "lr")
+                    "retrain_batch": args.batch, "lr": args.lr, "threads": args.threads, "rows": [],
+                    "recipe": NEW_RECIPE}
+    settings = ("n", "steps", "retrain_steps", "retrain_batch", "lr", "recipe")
     previous = OUT / f"{model}.json"
     if previous.exists():  # an interrupted run: rows already measured with these settings are kept
         old = json.loads(previous.read_text())
@@ -233,8 +237,9 @@ def write_report() -> None:
         lines += [f"## {rep['model']}", "",
                   f"Full model: {f['params'] / 1e6:.2f} M parameters, FID {f['fid']:.2f}, accuracy "
                   f"{f['cond_acc']:.1%} ({rep['n']} images, DDIM-{rep['steps']}). Retrained rows: "
-                  f"{rep['retrain_steps']} steps x batch {rep['retrain_batch']}, lr {rep['lr']}, on the zoo's "
-                  "training data. Latency: " + rep.get("latency_note", "not measured") + ".", "",
+                  f"{rep['retrain_steps']} steps x batch {rep['retrain_batch']}, lr {rep['lr']}, "
+                  f"{rep.get('recipe', OLD_RECIPE)}, on the zoo's training data. Latency: "
+                  + rep.get("latency_note", "not measured") + ".", "",
                   "| ratio | row | params | MACs speedup | latency ratio | FID | accuracy | PSNR vs full |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in rep["rows"]:

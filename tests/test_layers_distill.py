@@ -11,7 +11,7 @@ from families import FAMILIES
 from dipgo.errors import DipgoError
 from dipgo.layers.candidates import candidate_names, remove_layers
 from dipgo.layers.data import TrainingSet
-from dipgo.layers.distill import DistillConfig, distill, feature_layers
+from dipgo.layers.distill import DistillConfig, distill, distilled_features, feature_layers, learning_rate
 
 N = 8
 
@@ -53,10 +53,20 @@ def dit():
     return _setup("dit", ["transformer_blocks.1"])
 
 
-def _run(setup, checkpoint=None, student=None, **kw):
+def _run(setup, checkpoint=None, student=None, interrupt_at=None, **kw):
+    """Distil a fresh copy of the student; ``interrupt_at=k`` stops the run at step k as Ctrl-C would."""
     teacher, student0, data, noise = setup
     student = copy.deepcopy(student0) if student is None else student
-    history = distill(student, teacher, data, noise, DistillConfig(**{"batch": 4, **kw}), checkpoint, progress=False)
+
+    def on_step(step):
+        if step == interrupt_at:
+            raise KeyboardInterrupt
+
+    cfg = DistillConfig(**{"batch": 4, **kw})
+    try:
+        history = distill(student, teacher, data, noise, cfg, checkpoint, progress=False, on_step=on_step)
+    except KeyboardInterrupt:
+        history = None
     return student, history
 
 
@@ -64,6 +74,15 @@ def test_feature_layers(unet, dit):
     assert feature_layers(unet[0]) == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
     assert feature_layers(unet[1]) == feature_layers(unet[0])
     assert feature_layers(dit[0]) == ["transformer_blocks.0", "transformer_blocks.1"]
+
+
+def test_features_are_taught_at_the_end_of_a_removed_run(unet, dit):
+    # UNet stages are never removed: every stage output is taught
+    assert distilled_features(unet[1], unet[0]) == feature_layers(unet[0])
+    # DiT block 1 is removed: block 0's output reaches the end unchanged, so it is taught the teacher's last
+    # output, not also block 0's (one tensor cannot match both)
+    assert distilled_features(dit[1], dit[0]) == ["transformer_blocks.1"]
+    assert distilled_features(dit[0], dit[0]) == feature_layers(dit[0])
 
 
 @pytest.mark.parametrize("family", ["unet", "dit"])
@@ -93,8 +112,8 @@ def test_resume_is_exact(unet, tmp_path):
     full, full_history = _run(unet, steps=4, checkpoint_every=2)
     assert torch.equal(rng, torch.get_rng_state())  # the caller's global RNG is left alone
     ckpt = tmp_path / "d.pt"
-    _, first = _run(unet, ckpt, steps=2, checkpoint_every=2)
-    assert len(first) == 2 and ckpt.exists()
+    _run(unet, ckpt, steps=4, checkpoint_every=2, interrupt_at=3)  # interrupted after the step-2 checkpoint
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
     resumed, history = _run(unet, ckpt, steps=4, checkpoint_every=2)  # a fresh copy of the initial student
     assert history == full_history
     assert not resumed.training
@@ -118,7 +137,9 @@ def test_checkpoint_refusals(unet, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [({"feature_kd": "l2"}, "normalized"), ({"steps": -1}, "steps"),
                                         ({"batch": 0}, "batch"), ({"lr": 0.0}, "lr"), ({"w_feat": -1.0}, "w_feat"),
-                                        ({"checkpoint_every": -1}, "checkpoint_every")])
+                                        ({"checkpoint_every": -1}, "checkpoint_every"),
+                                        ({"lr_schedule": "step"}, "cosine"), ({"warmup": -1}, "warmup"),
+                                        ({"ema": 1.0}, "ema"), ({"ema": -0.1}, "ema")])
 def test_bad_config(bad, match):
     with pytest.raises(DipgoError, match=match):
         DistillConfig(**bad)
@@ -135,7 +156,47 @@ def test_training_reduces_output_kd(unet):
         return torch.mean((data.call(model, x_t, t, index) - data.call(teacher, x_t, t, index)) ** 2).item()
 
     # no task loss: a random teacher is far from eps, so the task term would pull the student away from it
-    student, history = _run(unet, steps=30, batch=8, lr=1e-3, w_task=0.0)
+    student, history = _run(unet, steps=30, batch=8, lr=1e-3, w_task=0.0, lr_schedule="constant", ema=0.0)
     assert gap(student) < 0.7 * gap(student0)
     first, last = (sum(h["out_kd"] for h in part) / 3 for part in (history[:3], history[-3:]))
     assert last < first
+
+
+def test_learning_rate_schedule():
+    cfg = DistillConfig(steps=110, lr=1e-3, lr_schedule="cosine", warmup=10)
+    lrs = [learning_rate(cfg, s) for s in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[60] == pytest.approx(5e-4)  # cosine from the peak...
+    assert lrs[-1] < 1e-6 and all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))  # ...to zero
+    assert learning_rate(DistillConfig(lr=3e-4, lr_schedule="constant"), 1234) == 3e-4
+    default = DistillConfig(steps=300, lr=1e-3)  # cosine, warm-up a tenth of the run (at most 100 steps)
+    assert learning_rate(default, 29) == pytest.approx(1e-3) and learning_rate(default, 28) < 1e-3
+    assert learning_rate(DistillConfig(steps=5000, lr=1e-3), 99) == pytest.approx(1e-3)
+
+
+def test_history_records_the_learning_rate(unet):
+    _, history = _run(unet, steps=3, lr=1e-3, lr_schedule="cosine", warmup=2)
+    assert [h["lr"] for h in history] == pytest.approx([5e-4, 1e-3, 1e-3])
+
+
+def test_ema_ends_with_the_average_and_resumes_exactly(unet, tmp_path):
+    teacher, student0, data, noise = unet
+    kw = dict(steps=4, lr=1e-3, ema=0.9, checkpoint_every=2)
+    averaged, history = _run(unet, **kw)
+    plain, plain_history = _run(unet, **{**kw, "ema": 0.0})
+    assert DistillConfig().ema == 0.999 and DistillConfig().lr_schedule == "cosine"  # the defaults
+    assert history == plain_history  # the average does not change the training itself...
+    moved = [not torch.equal(a, b) for a, b in zip(averaged.parameters(), plain.parameters(), strict=True)]
+    assert any(moved)  # ...only which weights the student ends with
+    # the average lies between the start and the last weights: closer to the start than the last weights are
+    far = sum((p - q).pow(2).sum() for p, q in zip(plain.parameters(), student0.parameters(), strict=True))
+    near = sum((p - q).pow(2).sum() for p, q in zip(averaged.parameters(), student0.parameters(), strict=True))
+    assert near < far
+    ckpt = tmp_path / "e.pt"
+    _run(unet, ckpt, interrupt_at=3, **kw)
+    resumed, resumed_history = _run(unet, ckpt, **kw)
+    assert resumed_history == history
+    for a, b in zip(averaged.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(DipgoError, match="different distillation.*ema"):
+        _run(unet, ckpt, **{**kw, "ema": 0.99})

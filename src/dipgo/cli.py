@@ -244,6 +244,11 @@ def _training_data(source, pipe, calibration, steps: int):
     return data
 
 
+def _distill_kwargs(args) -> dict:
+    return {"batch": args.batch, "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup,
+            "ema": args.ema}
+
+
 def cmd_depth(args) -> int:
     from .depth import depth_scores, prune_depth, save_depth
     from .layers import save_pruned
@@ -263,7 +268,7 @@ def cmd_depth(args) -> int:
     data = _training_data(source, pipe, calibration, args.train_steps)
     result = prune_depth(pipe, args.ratio, by=args.by, mode=args.mode, train_steps=args.train_steps,
                          calibration=calibration, data=data, feature_kd=args.feature_kd,
-                         distill_kwargs={"batch": args.batch, "lr": args.lr}, ramp_share=args.ramp,
+                         distill_kwargs=_distill_kwargs(args), ramp_share=args.ramp,
                          num_inference_steps=args.steps, guidance_scale=guidance, scored=scored,
                          checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
     out = (save_pruned if args.mode == "remove" else save_depth)(result.pipe, args.out, result.info())
@@ -291,7 +296,7 @@ def cmd_layers(args) -> int:
     data = _training_data(source, pipe, calibration, args.retrain_steps)
     result = prune_layers(pipe, args.ratio, args.criterion, by=args.by, method=args.method, calibration=calibration,
                           retrain_steps=args.retrain_steps, feature_kd=args.feature_kd, data=data,
-                          distill_kwargs={"batch": args.batch, "lr": args.lr}, n_images=args.calib_images,
+                          distill_kwargs=_distill_kwargs(args), n_images=args.calib_images,
                           num_inference_steps=args.steps, guidance_scale=guidance,
                           checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
     out = save_pruned(result.pipe, args.out, result.info())
@@ -346,7 +351,12 @@ def _distillation_args(p) -> None:
     """What layer and depth pruning share: distillation settings, calibration runs, output folder."""
     p.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine: warm-up, then decay to zero over the run")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: a tenth of the run, at most 100)")
+    p.add_argument("--ema", type=float, default=0.999, help="moving average of the weights that the result keeps "
+                   "(0: the last weights)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
     p.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
     p.add_argument("--guidance", type=float, default=None)
