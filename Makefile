@@ -65,8 +65,8 @@ bench-layers: $(STAMP)
 	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000
 	$(PY) benchmarks/layers_combined.py mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.83 --alone
-	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.25-normalized-cosine-ema-6000-lr0.0005-ends \
-		--dipgo-ratio 0.76 --alone
+	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
+		--dipgo-ratio 0.6 --alone
 	$(PY) benchmarks/layers_recipe.py --report
 	$(PY) benchmarks/layers_combined.py --report
 

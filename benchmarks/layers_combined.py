@@ -59,7 +59,7 @@ def run(args) -> None:
             ev.close()
         rec = compare(ev_full, r, full_run, q, q_full)
         rec.update(extra, label=label, model=args.model, steps=args.steps, macs_speedup=full_run.macs / r.macs,
-                   folder=folder.name)
+                   folder=folder.name if p is pruned else None)
         print(f"{label}: MACs {rec['macs_speedup']:.2f}x, FID {rec['fid']:.2f} (full {q_full['fid']:.2f}), "
               f"acc {rec['cond_acc']:.3f}, PSNR {rec['psnr_vs_full']:.2f}", flush=True)
         rows.append(rec)
@@ -98,7 +98,8 @@ def report() -> None:
     for rep in data.values():
         f = rep["full"]
         for r in rep["rows"]:
-            lines.append(f"| {r['model']} | DDIM-{r['steps']} | {r['label']} ({r['folder']}) | "
+            where = f" (`{r['folder']}`)" if r.get("folder") else ""
+            lines.append(f"| {r['model']} | DDIM-{r['steps']} | {r['label']}{where} | "
                          f"{r['macs_speedup']:.2f}x | "
                          f"{r['fid']:.2f} ({f['fid']:.2f}) | {r['fid'] / f['fid'] - 1:+.1%} | "
                          f"{r['cond_acc']:.1%} ({f['cond_acc']:.1%}) | {r['psnr_vs_full']:.2f} dB |")
