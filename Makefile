@@ -63,6 +63,7 @@ bench-layers: $(STAMP)
 	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 8000
 	$(PY) benchmarks/layers_recipe.py mnist-dit --ratio 0.25 --steps 6000
 	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --feature-kd plain
 	$(PY) benchmarks/layers_combined.py mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.83 --alone
 	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
