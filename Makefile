@@ -76,7 +76,7 @@ bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
-	for mode in progressive remove; do \
+	for mode in progressive remove abrupt; do \
 		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000; done
 	$(PY) benchmarks/layers_recipe.py --report
 
