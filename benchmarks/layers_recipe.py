@@ -49,17 +49,18 @@ def run(args) -> None:
     data = source.training_set(pipe, cal)
     lr = args.lr if args.lr else (2e-4 if args.recipe == "constant" else 5e-4)
     kwargs = dict(calibration=cal, data=data, feature_kd=args.feature_kd, progress=True,
-                  distill_kwargs={"batch": args.batch, "lr": lr, **RECIPES[args.recipe]},
+                  distill_kwargs={"batch": args.batch, "lr": lr, "p_uncond": args.p_uncond, **RECIPES[args.recipe]},
                   num_inference_steps=20, guidance_scale=guidance)
+    pu = f"-pu{args.p_uncond:g}" if args.p_uncond else ""
     if args.method == "layers":
-        tag = f"{args.model}-output-r{args.ratio:g}-{args.feature_kd}-{args.recipe}-{args.steps}-lr{lr:g}-ends"
+        tag = f"{args.model}-output-r{args.ratio:g}-{args.feature_kd}-{args.recipe}-{args.steps}-lr{lr:g}-ends{pu}"
         res = prune_layers(pipe, args.ratio, "output", retrain_steps=args.steps, n_images=8,
                            checkpoint=str(MODELS / f"{tag}.distill.pt"), **kwargs)
         save_pruned(res.pipe, MODELS / tag, res.info())
         what = f"output + {args.feature_kd} KD"
         seconds = res.seconds.get("retrain")
     else:
-        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}"
+        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}{pu}"
         res = prune_depth(pipe, args.ratio, mode=args.mode, train_steps=args.steps,
                           checkpoint=str(DEPTH_MODELS / f"{tag}.distill.pt"), **kwargs)
         (save_pruned if args.mode == "remove" else save_depth)(res.pipe, DEPTH_MODELS / tag, res.info())
@@ -74,9 +75,10 @@ def run(args) -> None:
     q = ev.quality(run_, full_run, progress=False)
     ev.close()
     rec = compare(ev_full, run_, full_run, q, q_full)
-    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}", method=args.method,
-               model=args.model, ratio=args.ratio, recipe=args.recipe, kd=args.feature_kd, retrain_steps=args.steps,
-               lr=lr, batch=args.batch, params_full=res.params_full,
+    uncond = f", unconditional {args.p_uncond:.0%}" if args.p_uncond else ""
+    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}{uncond}", method=args.method,
+               p_uncond=args.p_uncond, model=args.model, ratio=args.ratio, recipe=args.recipe, kd=args.feature_kd,
+               retrain_steps=args.steps, lr=lr, batch=args.batch, params_full=res.params_full,
                params=res.params, layers=res.selection.names, mode=args.mode if args.method == "depth" else None,
                macs_speedup=full_run.macs / run_.macs,
                retrain_seconds=seconds, threads=args.threads, folder=tag, features="run ends",
@@ -103,13 +105,17 @@ def report() -> None:
         lines = [title, "", f"{what} Batch 32, on the zoo's training data; evaluated as in `{method}.md` (256 images, "
                  "DDIM-20, the same seeds). `benchmarks/layers_recipe.py`. Training time: 2 threads, alone on the "
                  "machine unless the note says otherwise.", "",
-                 "| model | removed | row | feature KD | features distilled | steps | lr | MACs | FID (full) "
-                 "| accuracy (full) | PSNR vs full | training | note |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "`unconditional`: the share of training examples given the unconditional conditioning (the "
+                 "branch classifier-free guidance calls at every step); rows without it never taught that branch.",
+                 "",
+                 "| model | removed | row | feature KD | features distilled | unconditional | steps | lr | MACs "
+                 "| FID (full) | accuracy (full) | PSNR vs full | training | note |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             share = f" ({1 - r['params'] / r['params_full']:.0%} of params)" if r.get("params_full") else ""
             lines.append(f"| {r['model']} | {r['ratio']:.0%}{share} | {r['label'].split(',')[0]}, {r['recipe']} | "
-                         f"{r.get('kd', 'normalized')} | {r.get('features', 'every block')} | {r['retrain_steps']} | "
+                         f"{r.get('kd', 'normalized')} | {r.get('features', 'every block')} | "
+                         f"{r.get('p_uncond', 0):.0%} | {r['retrain_steps']} | "
                          f"{r['lr']:g} | {r['macs_speedup']:.2f}x | {r['fid']:.2f} ({r['fid_full']:.2f}) | "
                          f"{r['cond_acc']:.1%} ({r['cond_acc_full']:.1%}) | {r['psnr_vs_full']:.2f} dB | "
                          f"{r['retrain_seconds'] / 60:.1f} min | {r.get('note') or ''} |")
@@ -129,6 +135,8 @@ def main() -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="cosine-ema")
     p.add_argument("--lr", type=float, default=None, help="default 2e-4 (constant) or 5e-4 (cosine-ema)")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--p-uncond", type=float, default=0.1,
+                   help="share of examples trained unconditionally (0: the rows before it existed)")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="")

@@ -206,6 +206,28 @@ def test_target_check_and_markdown():
     assert "none reaches the floor" in text
 
 
+def test_bracket_points_measure_the_far_side_of_each_dipgo_point(dit_pipe):
+    """A dipgo point beyond a baseline's measured MACs gets that baseline's nearest setting on the far side,
+    so the target check interpolates instead of comparing with a point that spends other MACs."""
+    from dipgo.evaluate.bench import _options, bracket_points
+
+    fora = {round(s, 3): a for s, a in _options("DeepCache", dit_pipe, 20, 1.0)}
+    n4 = min(fora, key=lambda s: abs(s - 4.0))
+    recs = [_rec("dipgo", 4.4, 27.0, 48.0, 4.19), _rec("fewer steps", 4.4, 26.8, 47.8, 4.0),
+            _rec("DeepCache", 4.4, 27.3, 49.7, n4)]
+    todo = {family: (budget, a) for family, budget, a in bracket_points(dit_pipe, 20, 1.0, recs)}
+    assert set(todo) == {"fewer steps", "DeepCache"}
+    assert todo["fewer steps"][1].label == "4 steps" and todo["fewer steps"][0] == 4.4
+    far = todo["DeepCache"][1]
+    speed = far.schedule.macs_full / far.schedule.macs
+    assert speed > 4.19 and not [s for s in fora if 4.19 <= s < speed - 1e-3]  # the nearest beyond, N=5
+    # bracketed already: nothing to add; below every DeepCache setting (N=2 is its cheapest): nothing either
+    recs += [_rec("fewer steps", 4.4, 24.0, 50.0, 5.0), _rec("DeepCache", 4.4, 25.0, 51.0, speed)]
+    assert bracket_points(dit_pipe, 20, 1.0, recs) == []
+    low = [_rec("dipgo", 2.0, 36.0, 47.0, 1.9), _rec("DeepCache", 2.0, 36.1, 47.9, min(fora))]
+    assert bracket_points(dit_pipe, 20, 1.0, low) == []
+
+
 def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp_path, monkeypatch):
     from dipgo.evaluate import bench
 

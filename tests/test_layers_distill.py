@@ -139,7 +139,8 @@ def test_checkpoint_refusals(unet, tmp_path):
                                         ({"batch": 0}, "batch"), ({"lr": 0.0}, "lr"), ({"w_feat": -1.0}, "w_feat"),
                                         ({"checkpoint_every": -1}, "checkpoint_every"),
                                         ({"lr_schedule": "step"}, "cosine"), ({"warmup": -1}, "warmup"),
-                                        ({"ema": 1.0}, "ema"), ({"ema": -0.1}, "ema")])
+                                        ({"ema": 1.0}, "ema"), ({"ema": -0.1}, "ema"),
+                                        ({"p_uncond": 1.0}, "p_uncond"), ({"p_uncond": -0.1}, "p_uncond")])
 def test_bad_config(bad, match):
     with pytest.raises(DipgoError, match=match):
         DistillConfig(**bad)
@@ -200,3 +201,69 @@ def test_ema_ends_with_the_average_and_resumes_exactly(unet, tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(DipgoError, match="different distillation.*ema"):
         _run(unet, ckpt, **{**kw, "ema": 0.99})
+
+
+# ---------------------------------------------------------------- the unconditional branch (classifier-free guidance)
+def test_unconditional_kwargs_are_what_the_guided_pipeline_feeds_its_other_branch():
+    from dipgo.layers.data import conditional_kwargs, unconditional_kwargs
+    from dipgo.models.pipelines import default_calibration
+
+    sd = FAMILIES["sd"]()
+    cal = default_calibration(sd)
+    empty = sd.encode_prompt("", "cpu", 1, False)[0]
+    u = unconditional_kwargs(sd, cal)
+    assert set(u) == {"encoder_hidden_states"} and torch.allclose(u["encoder_hidden_states"], empty)
+
+    dit = FAMILIES["dit"]()
+    u = unconditional_kwargs(dit, default_calibration(dit))
+    labels = conditional_kwargs(dit, default_calibration(dit), [0, 1, 2])["class_labels"]
+    assert u["class_labels"].shape == (1,) and not (labels == u["class_labels"]).any()  # the null class
+
+
+def test_training_set_drops_rows_to_the_unconditional_conditioning(dit):
+    _, _, data, _ = dit
+    null = torch.tensor([1000])
+    with_null = TrainingSet(data.x0, data.cond, data.static, data.sample_arg, uncond={"class_labels": null})
+    seen = []
+    model = lambda **kw: seen.append(kw["class_labels"]) or torch.zeros(1)  # noqa: E731
+    index, drop = torch.arange(4), torch.tensor([True, False, True, False])
+    with_null.call(model, data.x0[:4], torch.zeros(4), index, drop)
+    with_null.call(model, data.x0[:4], torch.zeros(4), index)
+    assert seen[0].tolist() == [1000, data.cond["class_labels"][1].item(), 1000, data.cond["class_labels"][3].item()]
+    assert torch.equal(seen[1], data.cond["class_labels"][:4])
+    with pytest.raises(DipgoError, match="not among the conditioning keys"):
+        TrainingSet(data.x0, data.cond, uncond={"encoder_hidden_states": torch.zeros(1, 4, 8)})
+    with pytest.raises(DipgoError, match="must be one row"):
+        TrainingSet(data.x0, data.cond, uncond={"class_labels": torch.tensor([1000, 1000])})
+
+
+@pytest.mark.parametrize("p_uncond", [0.0, 0.5])
+def test_distillation_teaches_the_unconditional_branch(dit, p_uncond):
+    """Both models get the same dropped rows, on about p_uncond of the examples; with p_uncond=0 none."""
+    teacher, student0, data, noise = dit
+    data = TrainingSet(data.x0, data.cond, data.static, data.sample_arg, uncond={"class_labels": torch.tensor([1000])})
+    student = copy.deepcopy(student0)
+    fed = {"student": [], "teacher": []}
+    handles = [m.register_forward_pre_hook(lambda mod, a, kw, who=who: fed[who].append(kw["class_labels"].clone()),
+                                           with_kwargs=True) for who, m in (("student", student), ("teacher", teacher))]
+    try:
+        distill(student, teacher, data, noise, DistillConfig(steps=6, batch=8, p_uncond=p_uncond), progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    labels = torch.cat(fed["student"])
+    assert all(torch.equal(s, t) for s, t in zip(fed["student"], fed["teacher"], strict=True))
+    share = float((labels == 1000).float().mean())
+    assert share == 0.0 if p_uncond == 0 else 0.2 < share < 0.8
+
+
+def test_with_unconditional_keeps_a_given_one_and_finds_it_otherwise(dit):
+    from dipgo.layers.data import with_unconditional
+    from dipgo.models.pipelines import default_calibration
+
+    _, _, data, _ = dit
+    pipe = FAMILIES["dit"]()
+    found = with_unconditional(data, pipe, default_calibration(pipe))
+    assert set(found.uncond) == {"class_labels"} and not data.uncond  # a copy: the caller's set is untouched
+    mine = TrainingSet(data.x0, data.cond, data.static, data.sample_arg, uncond={"class_labels": torch.tensor([7])})
+    assert with_unconditional(mine, pipe, default_calibration(pipe)) is mine

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DipgoError
 from ..layers.candidates import Candidate, remove_layers, total_cost
-from ..layers.data import CallSet, TrainingSet, capture_calls, teacher_set
+from ..layers.data import CallSet, TrainingSet, capture_calls, teacher_set, with_unconditional
 from ..layers.select import Selection, select
 from ..models.calibration import Calibration
 from ..models.costs import count_params
@@ -153,6 +153,7 @@ def prune_depth(pipe, ratio: float, *, by: str = "depth", mode: str = "progressi
         if data is None:
             data = teacher_set(pipe, calibration, num_inference_steps=num_inference_steps,
                                guidance_scale=guidance_scale, progress=progress, **extra)
+        data = with_unconditional(data, pipe, calibration, **extra)
         on_step = (lambda step: set_lam(forms, ramp(step, train_steps, ramp_share))) if mode == "progressive" else None
         cfg = DistillConfig(steps=train_steps, feature_kd=feature_kd, **(distill_kwargs or {}))
         history = distill(student, teacher, data, DDPMScheduler.from_config(pipe.scheduler.config), cfg,

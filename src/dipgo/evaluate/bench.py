@@ -37,7 +37,7 @@ from ..fileio import atomic_path
 from ..malloc import malloc_settings
 from ..models.costs import count_params
 from ..models.pipelines import SCHEDULERS, default_calibration, denoiser_of, parse_dtype, set_scheduler
-from .baselines import AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
+from .baselines import Applied, AppliedSchedule, DeepCache, FewerSteps, FirstBlockCache, Full, fine_profile
 from .evaluation import Evaluator, Judge, compare
 
 FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
@@ -71,6 +71,7 @@ class BenchConfig:
     search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
     fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
     refine: int = 0            # dipgo points: held-out local search with this many sampling runs (0: off)
+    bracket: bool = True       # measure the baseline settings that bracket each dipgo point's MACs (target check)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
     scheduler: str = "ddim"    # ddim, pndm (PLMS), dpm++, euler
@@ -151,6 +152,51 @@ def deepcache_for_budget(pipe, steps: int, guidance: float, budget: float, mode:
     return _closest(options, budget, lambda a: a.schedule.macs_full / a.schedule.macs)
 
 
+def _options(family: str, pipe, steps: int, guidance: float, profile=None) -> list[tuple[float, Applied]]:
+    """Every setting of a static baseline family with its MACs speedup over the full ``steps``-step run."""
+    if family == "fewer steps":
+        return [(steps / k, FewerSteps(k).bind(pipe, steps, guidance)) for k in range(1, steps)]
+    mode = "uniform" if family == "DeepCache" else "nonuniform"
+    profile = profile or fine_profile(pipe)
+    out = []
+    for n in range(2, steps + 1):
+        a = DeepCache(n, 0, mode).bind(pipe, steps, guidance, profile)
+        out.append((a.schedule.macs_full / a.schedule.macs, a))
+    return out
+
+
+def bracket_points(pipe, steps: int, guidance: float, records: list[dict],
+                   families: tuple[str, ...] = ("fewer steps", "DeepCache")) -> list[tuple[str, float, Applied]]:
+    """The baseline settings still to measure so that each baseline's curve brackets every dipgo point of
+    ``records`` (one model and base): for a dipgo point beyond a family's measured MACs range, that family's
+    nearest setting on the far side. Comparing with the nearest measured point instead would judge dipgo
+    against a baseline spending other MACs. Returns ``(family, budget, applied)``; settings already measured,
+    or with nothing beyond (DeepCache below N=2), give nothing."""
+    todo: list[tuple[str, float, Applied]] = []
+    profile = None
+    for family in families:
+        measured = [r["macs_speedup"] for r in records if r["family"] == family]
+        if not measured:
+            continue
+        if family != "fewer steps" and profile is None:
+            profile = fine_profile(pipe)
+        options = None
+        for d in sorted((r for r in records if r["family"] == "dipgo"), key=lambda r: r["macs_speedup"]):
+            x = d["macs_speedup"]
+            if min(measured) <= x <= max(measured):
+                continue
+            options = options or _options(family, pipe, steps, guidance, profile)
+            side = [o for o in options if (o[0] >= x if x > max(measured) else o[0] <= x)]
+            if not side:
+                continue
+            speedup, applied = min(side, key=lambda o: abs(math.log(o[0] / x)))
+            if any(abs(math.log(speedup / m)) < 1e-6 for m in measured):
+                continue
+            measured.append(speedup)
+            todo.append((family, d["budget"], applied))
+    return todo
+
+
 def fbcache_for_budget(ev: Evaluator, pipe, steps: int, budget: float, calib: int = 8, iters: int = 7):
     """Bisect the FBCache threshold (log scale) so that a calibration batch lands at ``budget``."""
     full_macs = ev.full_macs(steps)
@@ -221,14 +267,60 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                         rec = compare(ev, run, full, q, q_full)
                         records.append(dict(rec, model=model, base=base, family=family, budget=budget))
                         if progress:
-                            print(f"{model} {scheduler_label(cfg.scheduler)}-{base} {budget:g}x {run.label}: "
-                                  f"MACs {rec['macs_speedup']:.2f}x, "
-                                  f"wall {rec['wall_speedup']:.2f}x, FID {rec['fid']:.2f}, "
-                                  f"PSNR {rec['psnr_vs_full']:.2f}", flush=True)
+                            _say(model, cfg.scheduler, base, budget, run.label, rec)
+                if cfg.bracket and not cfg.search_only:
+                    records += _brackets(ev, pipe, model, base, guidance, full, q_full, records, cfg.scheduler,
+                                         progress)
         finally:
             ev.close()
     return {"config": asdict(cfg), "machine": machine(), "seconds": time.perf_counter() - t_start,
             "searches": searches, "params": params, "records": records}
+
+
+def _brackets(ev: Evaluator, pipe, model: str, base: int, guidance: float, full, q_full: dict, records: list[dict],
+              scheduler: str, progress: bool) -> list[dict]:
+    """Measure :func:`bracket_points` for one model and base; returns their records."""
+    mine = [r for r in records if (r["model"], r["base"]) == (model, base)]
+    out = []
+    for family, budget, applied in bracket_points(pipe, base, guidance, mine):
+        run = ev.run(applied, progress)
+        rec = compare(ev, run, full, ev.quality(run, full, progress), q_full)
+        out.append(dict(rec, model=model, base=base, family=family, budget=budget, bracket=True))
+        if progress:
+            _say(model, scheduler, base, budget, run.label + " (bracket)", rec)
+    return out
+
+
+def add_brackets(report: dict, progress: bool = True) -> dict:
+    """A finished bench report with its bracketing baseline points measured and added (same images, seeds and
+    batch as the report; the full model is re-run for the PSNR reference). For reports made before
+    ``BenchConfig.bracket`` existed."""
+    cfg = BenchConfig(**{k: v for k, v in report["config"].items() if k in BenchConfig.__dataclass_fields__})
+    records = list(report["records"])
+    t0 = time.perf_counter()
+    for model in dict.fromkeys(r["model"] for r in records):
+        pipe, source = zoo.load(model, cfg.dtype, cfg.device)
+        set_scheduler(pipe, cfg.scheduler)
+        guidance = source.guidance_scale
+        ev = Evaluator(pipe, cfg.n, cfg.seed, guidance, cfg.batch, default_calibration(pipe, defaults=source.defaults),
+                       Judge.from_source(source))
+        try:
+            for base in dict.fromkeys(r["base"] for r in records if r["model"] == model):
+                mine = [r for r in records if (r["model"], r["base"]) == (model, base)]
+                if not bracket_points(pipe, base, guidance, mine):
+                    continue
+                full = ev.run(Full().bind(pipe, base, guidance), progress)
+                q_full = ev.quality(full, None, progress)
+                records += _brackets(ev, pipe, model, base, guidance, full, q_full, records, cfg.scheduler, progress)
+        finally:
+            ev.close()
+    return dict(report, records=records, bracket_seconds=round(time.perf_counter() - t0, 1),
+                bracket_machine=machine())
+
+
+def _say(model: str, scheduler: str, base: int, budget: float, label: str, rec: dict) -> None:
+    print(f"{model} {scheduler_label(scheduler)}-{base} {budget:g}x {label}: MACs {rec['macs_speedup']:.2f}x, "
+          f"wall {rec['wall_speedup']:.2f}x, FID {rec['fid']:.2f}, PSNR {rec['psnr_vs_full']:.2f}", flush=True)
 
 
 def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result,
@@ -337,6 +429,12 @@ def markdown(report: dict) -> str:
              "biased upward; compare within a table).", ""]
     for c in report.get("corrections", []):
         lines += [f"Correction: {c['what']}.", ""]
+    if report.get("bracket_seconds") is not None:
+        bm = report.get("bracket_machine", {})
+        lines += [f"Rows marked '(bracket)' were measured afterwards (`benchmarks/bracket_baselines.py`, "
+                  f"{bm.get('date', '')}, {report['bracket_seconds'] / 60:.1f} min, same images, seeds and batch, "
+                  "the full model re-run as the reference), so that each baseline's curve brackets every dipgo "
+                  "point in the target check.", ""]
     by = {}
     for r in report["records"]:
         by.setdefault((r["model"], r["base"]), []).append(r)
@@ -348,7 +446,8 @@ def markdown(report: dict) -> str:
         for r in recs:
             lo, hi = r["latency_spread_ms"]
             budget = "full" if r["family"] == "full" else f"{r['budget']:g}x"
-            lines.append(f"| {budget} | {r['method']} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | "
+            method = r["method"] + (" (bracket)" if r.get("bracket") else "")
+            lines.append(f"| {budget} | {method} | {r['macs_speedup']:.2f}x | {r['wall_speedup']:.2f}x | "
                          f"{r['latency_ms']:.1f} [{lo:.1f}-{hi:.1f}] | {r['fid']:.2f} | {100 * r['cond_acc']:.1f} % | "
                          f"{r['psnr_vs_full']:.2f} | {r['ssim_vs_full']:.3f} |")
         lines.append("")
@@ -376,7 +475,8 @@ def markdown(report: dict) -> str:
                   "dipgo against each baseline at dipgo's MACs: PSNR vs full higher, and FID at most 5 % worse. "
                   "The baseline's PSNR and FID are interpolated (linear in log MACs speedup) between its two "
                   "measured points that bracket dipgo's MACs; '(nearest)' marks a baseline value taken from its "
-                  "closest point because none bracket it.",
+                  "closest point because none bracket it. Rows marked '(bracket)' are the baseline settings "
+                  "measured for that purpose: the nearest setting on the far side of a dipgo point.",
                   f"Met in {met} of {len(checks)} comparisons.", "",
                   "| model | base | budget | versus | dipgo MACs speedup | PSNR (dipgo / other) "
                   "| FID (dipgo / other) | met |",

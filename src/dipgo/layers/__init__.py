@@ -26,7 +26,7 @@ from ..models.costs import count_params
 from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, with_denoiser
 from .candidates import Candidate, candidates, remove_layers, total_cost
 from .criteria import CRITERIA, handcrafted_order, scores
-from .data import CallSet, TrainingSet, capture_calls, teacher_set
+from .data import CallSet, TrainingSet, capture_calls, teacher_set, with_unconditional
 from .io import load_pruned, save_pruned
 from .select import Selection, select
 
@@ -123,6 +123,7 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
         if data is None:
             data = teacher_set(pipe, calibration, num_inference_steps=num_inference_steps,
                                guidance_scale=guidance_scale, progress=progress, **extra)
+        data = with_unconditional(data, pipe, calibration, **extra)
         noise = DDPMScheduler.from_config(pipe.scheduler.config)
         cfg = DistillConfig(steps=retrain_steps, feature_kd=feature_kd, **(distill_kwargs or {}))
         history = distill(student, teacher, data, noise, cfg, checkpoint=checkpoint, progress=progress)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
@@ -105,20 +105,34 @@ class TrainingSet:
     static: dict = field(default_factory=dict)
     sample_arg: str = "sample"
     timestep_arg: str = "timestep"
+    uncond: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         bad = [k for k, v in self.cond.items() if v.shape[0] != self.x0.shape[0]]
         if bad:
             raise DipgoError(f"conditioning {bad} has a different number of rows than x0 ({self.x0.shape[0]})")
+        unknown = [k for k in self.uncond if k not in self.cond]
+        if unknown:
+            raise DipgoError(f"unconditional conditioning {unknown} is not among the conditioning keys "
+                             f"{sorted(self.cond)}")
+        wrong = [k for k, v in self.uncond.items() if tuple(v.shape) != (1, *self.cond[k].shape[1:])]
+        if wrong:
+            raise DipgoError(f"unconditional conditioning {wrong} must be one row shaped like the conditioning "
+                             f"(1, {', '.join(str(d) for d in self.cond[wrong[0]].shape[1:])})")
 
     def __len__(self) -> int:
         return self.x0.shape[0]
 
-    def call(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, index: torch.Tensor):
-        """``model`` on noisy latents ``x_t`` at timesteps ``t`` with the conditioning of examples ``index``."""
-        kwargs = {self.sample_arg: x_t, self.timestep_arg: t, **{k: v[index] for k, v in self.cond.items()},
-                  **self.static}
-        return output_of(model(**kwargs))
+    def call(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, index: torch.Tensor,
+             drop: torch.Tensor | None = None):
+        """``model`` on noisy latents ``x_t`` at timesteps ``t`` with the conditioning of examples ``index``;
+        where the boolean ``drop`` is set, with the unconditional conditioning instead (``uncond``)."""
+        cond = {k: v[index] for k, v in self.cond.items()}
+        if drop is not None:
+            for k, u in self.uncond.items():
+                mask = drop.to(cond[k].device).view(-1, *[1] * (cond[k].dim() - 1))
+                cond[k] = torch.where(mask, u.to(cond[k].device, cond[k].dtype), cond[k])
+        return output_of(model(**{self.sample_arg: x_t, self.timestep_arg: t, **cond, **self.static}))
 
 
 def denoiser_arg_names(denoiser: torch.nn.Module) -> tuple[str, str]:
@@ -131,6 +145,41 @@ def denoiser_arg_names(denoiser: torch.nn.Module) -> tuple[str, str]:
 def conditional_kwargs(pipe, calibration: Calibration, conditions: Sequence[int], **extra) -> dict:
     """The denoiser's conditioning keyword arguments for these conditions, as the pipeline builds them for
     a call without guidance (so every row is conditional): text embeddings, pooled embeddings, class labels."""
+    return _first_call_kwargs(pipe, calibration, conditions, 1.0, **extra)
+
+
+@torch.no_grad()
+def unconditional_kwargs(pipe, calibration: Calibration, **extra) -> dict[str, torch.Tensor]:
+    """The conditioning a guided pipeline gives its unconditional branch (one row per key: the empty
+    prompt's embeddings, DiT's null class), found by comparing a guided call's batch with an unguided one.
+    Empty for a pipeline whose guidance doubles no batch (guidance-distilled models)."""
+    cond = conditional_kwargs(pipe, calibration, [0], **extra)
+    guided = _first_call_kwargs(pipe, calibration, [0], 4.0, **extra)
+    out = {}
+    for k, v in guided.items():
+        mine = cond.get(k)
+        if not (torch.is_tensor(v) and torch.is_tensor(mine) and v.dim() > 0 and mine.dim() > 0
+                and v.shape[0] == 2 and mine.shape[0] == 1 and v.shape[1:] == mine.shape[1:]):
+            continue
+        other = [row for row in v.split(1) if not torch.equal(row, mine)]
+        if len(other) == 1:
+            out[k] = other[0].clone()
+    return out
+
+
+def with_unconditional(data: TrainingSet, pipe, calibration: Calibration, **extra) -> TrainingSet:
+    """``data`` with the pipeline's unconditional conditioning added (as is, where it already has one), so
+    that distillation also teaches the branch classifier-free guidance calls at every step."""
+    if data.uncond:
+        return data
+    uncond = {k: v for k, v in unconditional_kwargs(pipe, calibration, **extra).items()
+              if k in data.cond and v.shape[1:] == data.cond[k].shape[1:]}
+    return replace(data, uncond=uncond)
+
+
+def _first_call_kwargs(pipe, calibration: Calibration, conditions: Sequence[int], guidance_scale: float,
+                       **extra) -> dict:
+    """The conditioning keyword arguments of the pipeline's first denoiser call (sample and timestep left out)."""
     denoiser = denoiser_of(pipe)
     box: dict = {}
     sample_arg, timestep_arg = denoiser_arg_names(denoiser)
@@ -146,7 +195,8 @@ def conditional_kwargs(pipe, calibration: Calibration, conditions: Sequence[int]
     handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
     gens = [torch.Generator().manual_seed(i) for i in range(len(conditions))]
     try:
-        pipe(**call_kwargs(pipe, calibration, list(conditions), gens, 2, 1.0, output_type="latent", **extra))
+        pipe(**call_kwargs(pipe, calibration, list(conditions), gens, 2, guidance_scale, output_type="latent",
+                           **extra))
     except _Stop:
         pass
     finally:

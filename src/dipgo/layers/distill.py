@@ -50,7 +50,9 @@ RESUMABLE = ("steps", "checkpoint_every")  # settings a resumed run may change
 class DistillConfig:
     """Retraining settings. ``grad_clip=0`` turns clipping off; ``checkpoint_every=0`` saves only at the end.
     ``lr_schedule="cosine"``: linear warm-up over ``warmup`` steps, then a cosine from ``lr`` to zero.
-    ``ema``: decay of the weights' moving average (0: off); with it on, the student ends with the average."""
+    ``ema``: decay of the weights' moving average (0: off); with it on, the student ends with the average.
+    ``p_uncond``: the share of examples given the unconditional conditioning (``TrainingSet.uncond``), as
+    classifier-free-guidance models are trained; without it a guided pipeline's other branch is never taught."""
 
     steps: int = 500
     batch: int = 32
@@ -65,6 +67,7 @@ class DistillConfig:
     lr_schedule: str = "cosine"
     warmup: int | None = None  # None: a tenth of the run, at most 100 steps
     ema: float = 0.999
+    p_uncond: float = 0.1
 
     def __post_init__(self):
         if self.feature_kd not in FEATURE_KD:
@@ -84,6 +87,9 @@ class DistillConfig:
             raise DipgoError(f"warmup must be >= 0 steps, got {self.warmup}")
         if not 0.0 <= self.ema < 1.0:
             raise DipgoError(f"ema must be in [0, 1) (0: no moving average; 0.999 is usual), got {self.ema}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise DipgoError(f"p_uncond must be in [0, 1) (the share of examples given the unconditional "
+                             f"conditioning; 0.1 is usual), got {self.p_uncond}")
         if self.checkpoint_every < 0:
             raise DipgoError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
 
@@ -165,6 +171,8 @@ def _seeded_global_rng(g: torch.Generator, device: torch.device) -> Iterator[Non
 
 def _fingerprint(student: nn.Module, data: TrainingSet) -> dict:
     out = {"removed": list(getattr(student, "_dipgo_removed", [])), "data": [len(data), *data.x0.shape[1:]]}
+    if data.uncond:  # the batches draw their dropped rows only when there is something to drop to
+        out["uncond"] = sorted(data.uncond)
     if getattr(student, "_dipgo_linearised", None):  # depth pruning (UPDP): which blocks are ramping
         out["linearised"] = list(student._dipgo_linearised)
     return out
@@ -278,6 +286,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
         start, history = _restore(path, student, opt, g, cfg, fingerprint, average)
 
     names = distilled_features(student, teacher) if cfg.feature_kd != "none" else []
+    # Classifier-free guidance calls the unconditional branch at every step: teach it too, on the same
+    # share of examples the model was trained with (the teacher sees the same dropped rows).
+    uncond = bool(data.uncond) and cfg.p_uncond > 0
     s_feats, t_feats = {}, {}
     device, n_steps = data.x0.device, noise_scheduler.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=start, desc="distillation", disable=not progress)
@@ -296,10 +307,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
             eps = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
             index, t = index.to(device), t.to(device)
             x_t = noise_scheduler.add_noise(x0, eps, t)
+            drop = torch.rand(cfg.batch, generator=g) < cfg.p_uncond if uncond else None
             with _seeded_global_rng(g, device):
                 with torch.no_grad():
-                    t_out = data.call(teacher, x_t, t, index).float()
-                s_out = data.call(student, x_t, t, index).float()
+                    t_out = data.call(teacher, x_t, t, index, drop).float()
+                s_out = data.call(student, x_t, t, index, drop).float()
             target = {"epsilon": eps, "sample": x0}.get(prediction)
             if target is None:
                 target = noise_scheduler.get_velocity(x0, eps, t)
