@@ -82,7 +82,10 @@ def run(args) -> None:
                  {"dipgo_ratio": ratio, "search_seconds": seconds})
     path = OUT / "combined.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    old[f"{args.model}-{args.steps}"] = {"full": dict(q_full, macs=full_run.macs), "rows": rows}
+    key = f"{args.model}-{args.steps}"  # the first pruned model of each; later ones are kept beside it
+    if key in old and old[key]["rows"][0].get("folder") != folder.name:
+        key = f"{key}-{folder.name}"
+    old[key] = {"full": dict(q_full, macs=full_run.macs), "rows": rows}
     path.write_text(json.dumps(old, indent=1))
 
 

@@ -201,9 +201,10 @@ def test_depth_cli(tmp_path, capsys):
     assert "merged 2 of 8 blocks (progressive)" in out
     assert json.loads((folder / "dipgo.json").read_text())["pruned_from"] == "mnist-dit"
     trained = torch.load(folder.with_suffix(".distill.pt"), weights_only=True)  # the CLI's training defaults
-    assert {k: trained["config"][k] for k in ("lr", "lr_schedule", "warmup", "ema")} == {
-        "lr": 5e-4, "lr_schedule": "cosine", "warmup": None, "ema": 0.999}
+    assert {k: trained["config"][k] for k in ("lr", "lr_schedule", "warmup", "ema", "p_uncond")} == {
+        "lr": 5e-4, "lr_schedule": "cosine", "warmup": None, "ema": 0.999, "p_uncond": 0.1}
     assert trained["ema"] is not None
+    assert trained["fingerprint"]["uncond"] == ["class_labels"]  # the guided pipeline's null class was found
     assert main(["info", str(folder), "--runs", "2"]) == 0
     assert "transformer_blocks" in capsys.readouterr().out
 

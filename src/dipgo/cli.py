@@ -246,7 +246,7 @@ def _training_data(source, pipe, calibration, steps: int):
 
 def _distill_kwargs(args) -> dict:
     return {"batch": args.batch, "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup,
-            "ema": args.ema}
+            "ema": args.ema, "p_uncond": args.p_uncond}
 
 
 def cmd_depth(args) -> int:
@@ -357,6 +357,8 @@ def _distillation_args(p) -> None:
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: a tenth of the run, at most 100)")
     p.add_argument("--ema", type=float, default=0.999, help="moving average of the weights that the result keeps "
                    "(0: the last weights)")
+    p.add_argument("--p-uncond", type=float, default=0.1, help="share of training examples given the "
+                   "unconditional conditioning, the branch classifier-free guidance calls (0: conditional only)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
     p.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
     p.add_argument("--guidance", type=float, default=None)
