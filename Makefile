@@ -57,17 +57,22 @@ bench-layers: $(STAMP)
 	$(PY) benchmarks/layers_bench.py mnist-dit
 	$(PY) benchmarks/layers_bench.py --latency
 	$(PY) benchmarks/layers_bench.py --report
-	# the retraining recipe (cosine + EMA, features at run ends) and layer pruning + DiP-GO at DDIM-50
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 1500
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 8000
-	$(PY) benchmarks/layers_recipe.py mnist-dit --ratio 0.25 --steps 6000
-	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --feature-kd plain
+	# the retraining recipe (cosine + EMA, features at run ends); the --p-uncond 0 rows are from before the
+	# unconditional branch was taught, kept for the comparison; then layer pruning + DiP-GO at DDIM-50
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 1500 --p-uncond 0
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --p-uncond 0
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 8000 --p-uncond 0
+	$(PY) benchmarks/layers_recipe.py mnist-dit --ratio 0.25 --steps 6000 --p-uncond 0
+	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000 --p-uncond 0
+	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --feature-kd plain --p-uncond 0
+	for kd in normalized plain; do for m in mnist-dit mnist-sd; do \
+		$(PY) benchmarks/layers_recipe.py $$m --steps 6000 --feature-kd $$kd; done; done
 	$(PY) benchmarks/layers_combined.py mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.83 --alone
 	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.6 --alone
+	for m in mnist-sd:0.83 mnist-dit:0.6; do $(PY) benchmarks/layers_combined.py $${m%:*} \
+		$${m%:*}-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends-pu0.1 --dipgo-ratio $${m#*:}; done
 	$(PY) benchmarks/layers_recipe.py --report
 	$(PY) benchmarks/layers_combined.py --report
 
@@ -76,8 +81,9 @@ bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
-	for mode in progressive remove abrupt; do \
-		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000; done
+	for pu in 0 0.1; do for mode in progressive remove abrupt; do \
+		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000 \
+			--p-uncond $$pu; done; done
 	$(PY) benchmarks/layers_recipe.py --report
 
 # Issue 13: DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
