@@ -269,20 +269,20 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                         if progress:
                             _say(model, cfg.scheduler, base, budget, run.label, rec)
                 if cfg.bracket and not cfg.search_only:
-                    records += _brackets(ev, pipe, model, base, guidance, full, q_full, records, cfg.scheduler,
-                                         progress)
+                    todo = bracket_points(pipe, base, guidance, [r for r in records if r["model"] == model
+                                                                 and r["base"] == base])
+                    records += _brackets(ev, todo, model, base, full, q_full, cfg.scheduler, progress)
         finally:
             ev.close()
     return {"config": asdict(cfg), "machine": machine(), "seconds": time.perf_counter() - t_start,
             "searches": searches, "params": params, "records": records}
 
 
-def _brackets(ev: Evaluator, pipe, model: str, base: int, guidance: float, full, q_full: dict, records: list[dict],
+def _brackets(ev: Evaluator, todo: list[tuple[str, float, Applied]], model: str, base: int, full, q_full: dict,
               scheduler: str, progress: bool) -> list[dict]:
-    """Measure :func:`bracket_points` for one model and base; returns their records."""
-    mine = [r for r in records if (r["model"], r["base"]) == (model, base)]
+    """Measure the settings :func:`bracket_points` chose for one model and base; returns their records."""
     out = []
-    for family, budget, applied in bracket_points(pipe, base, guidance, mine):
+    for family, budget, applied in todo:
         run = ev.run(applied, progress)
         rec = compare(ev, run, full, ev.quality(run, full, progress), q_full)
         out.append(dict(rec, model=model, base=base, family=family, budget=budget, bracket=True))
@@ -306,12 +306,13 @@ def add_brackets(report: dict, progress: bool = True) -> dict:
                        Judge.from_source(source))
         try:
             for base in dict.fromkeys(r["base"] for r in records if r["model"] == model):
-                mine = [r for r in records if (r["model"], r["base"]) == (model, base)]
-                if not bracket_points(pipe, base, guidance, mine):
+                todo = bracket_points(pipe, base, guidance, [r for r in records if r["model"] == model
+                                                             and r["base"] == base])
+                if not todo:
                     continue
                 full = ev.run(Full().bind(pipe, base, guidance), progress)
                 q_full = ev.quality(full, None, progress)
-                records += _brackets(ev, pipe, model, base, guidance, full, q_full, records, cfg.scheduler, progress)
+                records += _brackets(ev, todo, model, base, full, q_full, cfg.scheduler, progress)
         finally:
             ev.close()
     return dict(report, records=records, bracket_seconds=round(time.perf_counter() - t0, 1),
