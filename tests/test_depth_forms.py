@@ -98,6 +98,42 @@ def test_dit_block_merges_exactly():
     assert not hasattr(merged, "attn1")
 
 
+def test_dit_merged_fast_conditioning_matches_the_stock_embedding():
+    """The merged op's fast path (frequencies computed once, functional calls) is the stock embedding's map;
+    training (label dropout) goes through the module itself."""
+    block = tiny_dit().transformer.transformer_blocks[1]
+    x, t, y = _dit_inputs(block)
+    form, merged = _check(block, x, timestep=t, class_labels=y)  # the merged op is built in training mode
+    emb = merged.norm1
+    assert emb.fast
+    with torch.no_grad():
+        train = merged(x, timestep=t, class_labels=y)
+        merged.eval()
+        torch.testing.assert_close(emb.conditioning(t, y, x.dtype), block.norm1.emb(t, y, hidden_dtype=x.dtype),
+                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(merged(x, timestep=t, class_labels=y), train, atol=1e-6, rtol=1e-6)
+        emb.fast = False
+        torch.testing.assert_close(merged(x, timestep=t, class_labels=y), train, atol=1e-6, rtol=1e-6)
+
+
+def test_dit_merged_loads_the_unfolded_layout():
+    """Folders written before the modulation was folded (the whole adaLN map, the norm's scale and shift)
+    load into today's merged op and give the same outputs."""
+    block = tiny_dit().transformer.transformer_blocks[1]
+    x, t, y = _dit_inputs(block)
+    form, merged = _check(block, x, timestep=t, class_labels=y)
+    a, c = form.bn.affine()
+    old = {k: v for k, v in merged.state_dict().items() if not k.startswith("ada.")}
+    old.update({"norm1.linear.weight": form.norm1.linear.weight, "norm1.linear.bias": form.norm1.linear.bias,
+                "scale": a, "shift": c})
+    fresh = type(merged)(block)
+    fresh.load_state_dict(old)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, timestep=t, class_labels=y), merged(x, timestep=t, class_labels=y),
+                                   atol=1e-6, rtol=1e-5)
+    assert fresh.ada.out_features == 3 * fresh.linear.in_features  # the attention's modulation is dropped
+
+
 def test_pixart_block_keeps_cross_attention():
     pipe = tiny_pixart()
     block = pipe.transformer.transformer_blocks[0]

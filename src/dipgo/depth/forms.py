@@ -28,6 +28,7 @@ Zero padding of a bias is position dependent near the border; :class:`MergedConv
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -595,15 +596,74 @@ class PrunedTransformer(PrunedForm):
         merged = MergedTransformer(self)
         merged.linear.weight.copy_(w)
         merged.linear.bias.copy_(b)
-        merged.scale.copy_(a)
-        merged.shift.copy_(c)
+        if merged.ada is not None:
+            ada_w, ada_b = _fold_modulation(self.norm1.linear.weight, self.norm1.linear.bias, a, c)
+            merged.ada.weight.copy_(ada_w)
+            merged.ada.bias.copy_(ada_b)
+        else:
+            merged.scale.copy_(a)
+            merged.shift.copy_(c)
         return merged
 
 
+def _fold_modulation(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor,
+                     shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiT's adaLN map (6 chunks: shift, scale, gate of attention, then of the MLP) with the frozen norm's
+    affine ``x * scale + shift`` folded in, keeping the MLP's three: rows ``[A; C; G]`` such that
+    ``(x * scale + shift) * (1 + s) + t = x * A e + C e`` and ``gate = G e`` (``e`` the conditioning).
+    The attention's three chunks are dropped: a merged block has no attention."""
+    _, _, _, w_t, w_s, w_g = weight.chunk(6, dim=0)
+    _, _, _, b_t, b_s, b_g = bias.chunk(6, dim=0)
+    w_a, b_a = scale[:, None] * w_s, scale * (1 + b_s)
+    w_c, b_c = shift[:, None] * w_s + w_t, shift * (1 + b_s) + b_t
+    return torch.cat([w_a, w_c, w_g]), torch.cat([b_a, b_c, b_g])
+
+
+class _Embedding(nn.Module):
+    """What a merged DiT block keeps of its ``AdaLayerNormZero``: the conditioning embedding, at the same
+    path (``norm1.emb``), because DiT's final layer reads ``transformer_blocks[0].norm1.emb``.
+
+    :meth:`conditioning` is the same map as ``emb(timestep, class_labels)``, with the sinusoid's frequencies
+    computed once (diffusers' ``Timesteps`` rebuilds them at every call) and plain functional calls: at
+    batch 1 this embedding is half a merged block's time, all of it per-op overhead. Any other embedding,
+    and training (label dropout), go through the module itself."""
+
+    def __init__(self, emb: nn.Module):
+        super().__init__()
+        self.emb = emb
+        proj, mlp = getattr(emb, "time_proj", None), getattr(emb, "timestep_embedder", None)
+        self.fast = (type(emb).__name__ == "CombinedTimestepLabelEmbeddings" and type(proj).__name__ == "Timesteps"
+                     and proj.num_channels % 2 == 0 and getattr(mlp, "cond_proj", None) is None
+                     and getattr(mlp, "post_act", None) is None and isinstance(getattr(mlp, "act", None), nn.SiLU))
+        if self.fast:  # as diffusers' get_timestep_embedding (max_period 10000, fp32)
+            half = proj.num_channels // 2
+            exponent = -math.log(10000) * torch.arange(0, half, dtype=torch.float32)
+            exponent = exponent / (half - proj.downscale_freq_shift)
+            self.register_buffer("freqs", torch.exp(exponent), persistent=False)
+
+    def conditioning(self, timestep: torch.Tensor, class_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if not self.fast or self.training or timestep.dim() != 1:
+            return self.emb(timestep, class_labels, hidden_dtype=dtype)
+        proj, mlp = self.emb.time_proj, self.emb.timestep_embedder
+        arg = timestep[:, None].float() * self.freqs.float()[None, :]
+        if proj.scale != 1:
+            arg = proj.scale * arg
+        sin, cos = torch.sin(arg), torch.cos(arg)
+        t = torch.cat([cos, sin] if proj.flip_sin_to_cos else [sin, cos], dim=-1).to(dtype)
+        t = F.linear(F.silu(F.linear(t, mlp.linear_1.weight, mlp.linear_1.bias)), mlp.linear_2.weight,
+                     mlp.linear_2.bias)
+        return t + F.embedding(class_labels, self.emb.class_embedder.embedding_table.weight)
+
+
 class MergedTransformer(nn.Module):
-    """A linearised diffusers transformer block after merging: ``x + gate * (W ((x * scale + shift) *
-    (1 + s) + t) + b)`` with the block's own per-sample modulation (shift t, scale s, gate) and, for
-    PixArt, its cross-attention. The MLP is one d x d linear map; the self-attention is gone."""
+    """A linearised diffusers transformer block after merging: ``x + gate * (W (x * a + c) + b)``.
+
+    The MLP is one d x d linear map and the self-attention is gone; PixArt keeps its cross-attention.
+    ``a`` and ``c`` fold the frozen norm's affine into the block's per-sample modulation. On DiT they
+    come, with the gate, from one linear map of the conditioning (``ada``: the adaLN rows of the MLP
+    only, the norm folded in), so a call is the embedding, that map, two ``addcmul`` and the d x d
+    linear: at batch 1 a call costs a handful of kernel launches, which is what its time is made of.
+    """
 
     kind = "transformer"
 
@@ -611,30 +671,52 @@ class MergedTransformer(nn.Module):
         super().__init__()
         dim = block.ff.net[2].out_features
         self.norm_type = block.norm_type
+        self.ada = None
         if self.norm_type == "ada_norm_zero":
-            self.norm1 = block.norm1  # DiT's final layer reads transformer_blocks[0].norm1.emb
+            self.norm1 = _Embedding(block.norm1.emb)
+            self.ada = nn.Linear(block.norm1.linear.in_features, 3 * dim)
+        else:
+            self.scale = nn.Parameter(torch.ones(dim))
+            self.shift = nn.Parameter(torch.zeros(dim))
         if self.norm_type == "ada_norm_single":
             self.scale_shift_table = block.scale_shift_table
         self.attn2 = getattr(block, "attn2", None)
         if self.attn2 is not None and self.norm_type != "ada_norm_single":
             self.norm2 = block.norm2
         self.linear = nn.Linear(dim, dim)
-        self.scale = nn.Parameter(torch.ones(dim))
-        self.shift = nn.Parameter(torch.zeros(dim))
 
     def spec(self) -> dict:
         return {"type": "MergedTransformer", "dim": self.linear.in_features}
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Folders written before the modulation was folded hold the whole adaLN map and the norm's
+        # affine; fold them on load, as PyTorch's own modules upgrade old state dicts.
+        old = [prefix + k for k in ("norm1.linear.weight", "norm1.linear.bias", "scale", "shift")]
+        if self.ada is not None and all(k in state_dict for k in old):
+            w, b, scale, shift = (state_dict.pop(k) for k in old)
+            state_dict[prefix + "ada.weight"], state_dict[prefix + "ada.bias"] = _fold_modulation(w, b, scale, shift)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _modulation(self, x: torch.Tensor, timestep, class_labels) -> tuple:
+        """(a, c, gate), each (batch, 1, d) or None, for ``h = x * a + c`` and ``x + gate * W h``."""
+        if self.ada is not None:
+            emb = self.norm1.conditioning(timestep, class_labels, x.dtype)
+            a, c, gate = F.linear(F.silu(emb), self.ada.weight, self.ada.bias)[:, None].chunk(3, dim=-1)
+            return a, c, gate
+        if self.norm_type == "ada_norm_single":
+            shift, scale, gate = (self.scale_shift_table[None, 3:] + timestep.reshape(x.shape[0], 6, -1)[:, 3:]
+                                  ).chunk(3, dim=1)
+            a = self.scale * (1 + scale)
+            return a, torch.addcmul(shift, self.shift, 1 + scale), gate
+        return self.scale, self.shift, None
+
     def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 timestep=None, cross_attention_kwargs=None, class_labels=None, added_cond_kwargs=None):
-        x = hidden_states
-        _, _, _, shift_mlp, scale_mlp, gate_mlp = _modulation(self, x, timestep, class_labels)
-        x = _cross_attention(self, x, encoder_hidden_states, encoder_attention_mask, cross_attention_kwargs)
-        h = x * self.scale + self.shift
-        if scale_mlp is not None:
-            h = h * (1 + scale_mlp) + shift_mlp
-        h = self.linear(h)
-        return x + (gate_mlp * h if gate_mlp is not None else h)
+        a, c, gate = self._modulation(hidden_states, timestep, class_labels)
+        x = _cross_attention(self, hidden_states, encoder_hidden_states, encoder_attention_mask,
+                             cross_attention_kwargs)
+        h = F.linear(torch.addcmul(c, x, a), self.linear.weight, self.linear.bias)
+        return torch.addcmul(x, gate, h) if gate is not None else x + h
 
 
 # ---------------------------------------------------------------- registry
