@@ -201,6 +201,12 @@ class BackupHook(ModelHook):
             return tuple(None if r is None else i + r for i, r in zip(inp, residual, strict=True))
         return inp + residual
 
+    def _read_later(self, call: int) -> bool:
+        """Whether a static schedule reads this block's cache after ``call``: only when the next call of
+        the same branch reuses the block (a reuse further on is preceded by that call's own refresh)."""
+        nxt = call + self.branches
+        return nxt < self.schedule.num_calls and not self.schedule.computes(nxt, self.name)
+
     def new_forward(self, module, *args, **kwargs):
         s = self.state
         call = max(s.call, 0)
@@ -220,6 +226,11 @@ class BackupHook(ModelHook):
             return self._add(self._input(args, kwargs), cached) if residual else cached
         out = self.fn_ref.original_forward(*args, **kwargs)
         s.computed += 1
+        if self.schedule is not None and not self._read_later(call):
+            # The next call of this branch computes the block again, so this value would never be read:
+            # skip the residual (a full-size subtraction) and drop the stale value.
+            s.caches.pop(key, None)
+            return out
         s.caches[key] = self._residual(out, self._input(args, kwargs)) if residual else out
         if s.policy is not None:
             s.policy.observe(call, self.name, s.caches[key])
