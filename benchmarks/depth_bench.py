@@ -18,7 +18,7 @@ learning rate on the zoo's own training data (normalised feature KD + output KD 
 Quality: ``--n`` images (balanced digits, same seeds for every row), DDIM-``--steps``, FID against the
 shipped MNIST statistics, classifier accuracy, PSNR against the full model's images. The latency pass
 times the denoiser call of every distinct architecture at batch 1 and 16 images (CFG doubles the call
-batch), median of 40 calls after warm-up, 2 threads, alone on the machine.
+batch), paired with the full model in 9 interleaved passes, 2 threads, alone on the machine.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ NEW_RECIPE = "cosine learning rate with warm-up, EMA 0.999 weights, features tau
 MODELS = ROOT / "out" / "depth-bench"  # pruned model folders (not committed: sizes)
 RATIOS = {"mnist-dit": (0.25, 0.375, 0.5), "mnist-sd": (0.25, 0.5)}
 MODES = ("progressive", "abrupt", "remove")
-PASSES = 5
+PASSES = 9
+RUNS = {1: 200, 16: 20}  # calls timed per pass: about 1 s each
 
 
 def quality_pass(model: str, args) -> None:
@@ -139,10 +140,24 @@ def quality_pass(model: str, args) -> None:
     save()
 
 
+def _stock_embedding(pipe) -> bool:
+    """Switch the merged DiT blocks of ``pipe`` to the stock conditioning embedding (diffusers' own module
+    instead of the merged op's fast path); False if it has none."""
+    from dipgo.models.pipelines import denoiser_of
+
+    fast = [m for m in denoiser_of(pipe).modules() if getattr(m, "fast", False) is True]
+    for m in fast:
+        m.fast = False
+    return bool(fast)
+
+
 def latency_pass() -> None:
+    import copy
+
     import torch
 
     from dipgo import load_pruned, zoo
+    from dipgo.layers.candidates import total_cost
     from dipgo.models.costs import measure_latency
     from dipgo.models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
 
@@ -155,9 +170,10 @@ def latency_pass() -> None:
         pipe, source = zoo.load(model)
         cal = default_calibration(pipe, defaults=source.defaults)
         cfg = 2 if (source.guidance_scale or 1.0) > 1.0 else 1
+        call = capture_denoiser_call(pipe, cal)
 
-        def latency(p, images: int, cal=cal, cfg=cfg) -> float:
-            args, kwargs = capture_denoiser_call(p, cal)
+        def latency(p, images: int, call=call, cfg=cfg) -> float:
+            args, kwargs = call
             b = images * cfg
 
             def rep(v):
@@ -168,16 +184,23 @@ def latency_pass() -> None:
             kwargs = {k: rep(v) for k, v in kwargs.items()}
             den = denoiser_of(p)
             with torch.no_grad():
-                return measure_latency(lambda: den(*args, **kwargs), runs=40, warmup=5).median_ms
+                return measure_latency(lambda: den(*args, **kwargs), runs=RUNS[images], warmup=5).median_ms
 
-        # Calls of a few ms drift between passes (allocator, caches): every architecture is timed in
-        # PASSES interleaved passes and the median of the pass medians is reported, with the range.
+        # Calls of a few ms drift between passes by up to +-15 % (thread wake-ups, allocator, caches): every
+        # architecture is timed in PASSES interleaved passes, each pass's speedup is the full model's time
+        # over the architecture's in that same pass (paired, so drifts cancel), and the median of the pass
+        # speedups is reported with their range. Merged DiT blocks are also timed with the stock embedding,
+        # to show how much of their speed is the fast path (which would speed up the stock blocks too).
         archs: dict[tuple, object] = {("full",): pipe}
         for row in report["rows"]:
             if row["mode"] in MODES:
                 key = (row["mode"] == "remove", tuple(row["blocks"]))
                 if key not in archs:
                     archs[key] = load_pruned(MODELS / row["folder"])
+                    stock = copy.deepcopy(archs[key])
+                    if _stock_embedding(stock):
+                        archs[key + ("stock",)] = stock
+        costs = {k: total_cost(denoiser_of(p), call) for k, p in archs.items()}
         passes: dict[tuple, dict[int, list[float]]] = {k: {1: [], 16: []} for k in archs}
         for _ in range(PASSES):
             for key, p in archs.items():
@@ -185,6 +208,8 @@ def latency_pass() -> None:
                     passes[key][b].append(latency(p, b))
         measured = {k: {b: statistics.median(v[b]) for b in (1, 16)} for k, v in passes.items()}
         spread = {k: {b: [min(v[b]), max(v[b])] for b in (1, 16)} for k, v in passes.items()}
+        ratios = {k: {b: [f / x for f, x in zip(passes[("full",)][b], v[b], strict=True)] for b in (1, 16)}
+                  for k, v in passes.items()}
         full = measured[("full",)]
         report["full"]["latency_ms"], report["full"]["latency_range_ms"] = full, spread[("full",)]
         for row in report["rows"]:
@@ -192,12 +217,41 @@ def latency_pass() -> None:
                 continue
             key = (row["mode"] == "remove", tuple(row["blocks"]))
             row["latency_ms"], row["latency_range_ms"] = measured[key], spread[key]
-            row["latency_speedup"] = {b: full[b] / measured[key][b] for b in (1, 16)}
-        report["latency_note"] = (f"denoiser call at 1 and 16 images (x{cfg} for CFG), median of 40 calls after 5 "
-                                  f"warm-up, {PASSES} interleaved passes (median of the pass medians; ranges in the "
-                                  "JSON), 2 threads, measured alone on the machine, once per distinct architecture")
+            row["latency_speedup"] = {b: statistics.median(ratios[key][b]) for b in (1, 16)}
+            row["latency_speedup_range"] = {b: [min(ratios[key][b]), max(ratios[key][b])] for b in (1, 16)}
+            if key + ("stock",) in measured:
+                row["latency_speedup_stock_embedding"] = {b: statistics.median(ratios[key + ("stock",)][b])
+                                                          for b in (1, 16)}
+            # architecture facts of today's merged ops (a call's MACs: every call of a static model is alike)
+            row["params"] = costs[key][0]
+            row["macs_speedup"] = costs[("full",)][1] / costs[key][1]
+        report["latency_note"] = (f"denoiser call at 1 and 16 images (x{cfg} for CFG), median of {RUNS[1]} (batch 1) "
+                                  f"or {RUNS[16]} (16 images) calls after 5 warm-up, {PASSES} interleaved passes; the "
+                                  "speedup is the median over passes of the full model's time over the row's in the "
+                                  "same pass (range over passes in brackets), 2 threads, measured alone on the "
+                                  "machine, once per distinct architecture; params and MACs re-measured on the "
+                                  "loaded architecture")
         path.write_text(json.dumps(report, indent=1))
         print(f"{model}: latency measured for {len(measured) - 1} architectures")
+        _remeasure_recipe(model, pipe, call)
+
+
+def _remeasure_recipe(model: str, pipe, call) -> None:
+    """Params and MACs of the merged rows of ``recipe.json`` on today's merged ops (no timing)."""
+    from dipgo import load_pruned
+    from dipgo.layers.candidates import total_cost
+    from dipgo.models.pipelines import denoiser_of
+
+    path = OUT / "recipe.json"
+    if not path.exists():
+        return
+    rows = json.loads(path.read_text())
+    full = total_cost(denoiser_of(pipe), call)
+    for row in rows:
+        if row["model"] == model and row.get("mode") in ("progressive", "abrupt") and (MODELS / row["folder"]).exists():
+            row["params"], macs = total_cost(denoiser_of(load_pruned(MODELS / row["folder"])), call)
+            row["macs_speedup"] = full[1] / macs
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def write_report() -> None:
@@ -219,21 +273,32 @@ def write_report() -> None:
                   + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, "
                   + f"{rep.get('recipe', OLD_RECIPE)}, progressive ramp "
                   f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
-                  + rep.get("latency_note", "not measured") + ".", "",
-                  "| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
+                  + rep.get("latency_note", "not measured") + ".", ""]
+        if any(r.get("latency_speedup_stock_embedding") for r in rep["rows"]):
+            lines += ["Merged DiT blocks compute their conditioning through a fast path (the sinusoid's frequencies "
+                      "computed once, functional calls; the same map). *Stock embedding*: the same merged model "
+                      "timed with diffusers' own embedding module, i.e. without that part of the speed-up, which "
+                      "would speed up the full model's blocks as well.", ""]
+        lines += ["| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
                   "FID | accuracy | PSNR vs full |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rep["rows"]:
             ls, rng = r.get("latency_speedup") or {}, r.get("latency_range_ms") or {}
+            paired = r.get("latency_speedup_range")
 
-            def cell(b, ls=ls, rng=rng, lat_full=lat_full):
+            def cell(b, ls=ls, rng=rng, lat_full=lat_full, paired=paired):
                 if not ls:
                     return "-"
+                if paired:
+                    return f"{ls[b]:.2f}x ({paired[b][0]:.2f}-{paired[b][1]:.2f})"
                 if b not in rng:
                     return f"{ls[b]:.2f}x"
                 full_ms = lat_full[b]
                 return f"{ls[b]:.2f}x ({full_ms / rng[b][1]:.2f}-{full_ms / rng[b][0]:.2f})"
 
             b1, b16 = cell("1"), cell("16")
+            stock = r.get("latency_speedup_stock_embedding")
+            if stock:
+                b1 += f"; stock embedding {stock['1']:.2f}x"
             lines.append(f"| {len(r['blocks'])}/{len(rep['candidates'])} | {r['label']} | {r['params'] / 1e6:.3f} M | "
                          f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
                          f"{r['psnr_vs_full']:.2f} dB |")

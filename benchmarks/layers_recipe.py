@@ -52,6 +52,7 @@ def run(args) -> None:
                   distill_kwargs={"batch": args.batch, "lr": lr, "p_uncond": args.p_uncond, **RECIPES[args.recipe]},
                   num_inference_steps=20, guidance_scale=guidance)
     pu = f"-pu{args.p_uncond:g}" if args.p_uncond else ""
+    ramp = f"-ramp{args.ramp:g}" if args.ramp != 0.5 and args.mode == "progressive" else ""
     if args.method == "layers":
         tag = f"{args.model}-output-r{args.ratio:g}-{args.feature_kd}-{args.recipe}-{args.steps}-lr{lr:g}-ends{pu}"
         res = prune_layers(pipe, args.ratio, "output", retrain_steps=args.steps, n_images=8,
@@ -60,8 +61,8 @@ def run(args) -> None:
         what = f"output + {args.feature_kd} KD"
         seconds = res.seconds.get("retrain")
     else:
-        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}{pu}"
-        res = prune_depth(pipe, args.ratio, mode=args.mode, train_steps=args.steps,
+        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}{pu}{ramp}"
+        res = prune_depth(pipe, args.ratio, mode=args.mode, train_steps=args.steps, ramp_share=args.ramp,
                           checkpoint=str(DEPTH_MODELS / f"{tag}.distill.pt"), **kwargs)
         (save_pruned if args.mode == "remove" else save_depth)(res.pipe, DEPTH_MODELS / tag, res.info())
         what = {"progressive": "progressive UPDP", "abrupt": "abrupt linearisation", "remove": "remove + KD"}[args.mode]
@@ -76,8 +77,10 @@ def run(args) -> None:
     ev.close()
     rec = compare(ev_full, run_, full_run, q, q_full)
     uncond = f", unconditional {args.p_uncond:.0%}" if args.p_uncond else ""
-    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}{uncond}", method=args.method,
-               p_uncond=args.p_uncond, model=args.model, ratio=args.ratio, recipe=args.recipe, kd=args.feature_kd,
+    ramped = f", ramp over the first {args.ramp:.0%}" if ramp else ""
+    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}{uncond}{ramped}", method=args.method,
+               p_uncond=args.p_uncond, ramp=args.ramp if ramp else None, model=args.model, ratio=args.ratio,
+               recipe=args.recipe, kd=args.feature_kd,
                retrain_steps=args.steps, lr=lr, batch=args.batch, params_full=res.params_full,
                params=res.params, layers=res.selection.names, mode=args.mode if args.method == "depth" else None,
                macs_speedup=full_run.macs / run_.macs,
@@ -113,7 +116,9 @@ def report() -> None:
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             share = f" ({1 - r['params'] / r['params_full']:.0%} of params)" if r.get("params_full") else ""
-            lines.append(f"| {r['model']} | {r['ratio']:.0%}{share} | {r['label'].split(',')[0]}, {r['recipe']} | "
+            ramp = f", ramp over {r['ramp']:.0%}" if r.get("ramp") else ""
+            lines.append(f"| {r['model']} | {r['ratio']:.0%}{share} | {r['label'].split(',')[0]}, {r['recipe']}{ramp} "
+                         "| "
                          f"{r.get('kd', 'normalized')} | {r.get('features', 'every block')} | "
                          f"{r.get('p_uncond', 0):.0%} | {r['retrain_steps']} | "
                          f"{r['lr']:g} | {r['macs_speedup']:.2f}x | {r['fid']:.2f} ({r['fid_full']:.2f}) | "
@@ -137,6 +142,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--p-uncond", type=float, default=0.1,
                    help="share of examples trained unconditionally (0: the rows before it existed)")
+    p.add_argument("--ramp", type=float, default=0.5,
+                   help="depth, progressive: share of the steps over which the blend reaches linear")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="")
