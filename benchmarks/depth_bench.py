@@ -303,6 +303,11 @@ def write_report() -> None:
                          f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
                          f"{r['psnr_vs_full']:.2f} dB |")
         lines.append("")
+        if any(r["label"].startswith("DiP-GO") for r in rep["rows"]) and rep.get("latency_note", "").endswith(
+                "loaded architecture"):
+            lines += ["The DiP-GO row was measured before merged DiT blocks folded their norm into the adaLN map "
+                      "(its params and MACs are of the merged op of then, with 0.15 M more parameters and the "
+                      "attention's modulation still computed); the latency pass re-measured only the static rows.", ""]
         for mode, marker in (("progressive", "o-"), ("abrupt", "s--"), ("remove", "^:")):
             rows = [r for r in rep["rows"] if r["mode"] == mode]
             ax.plot([len(r["blocks"]) / len(rep["candidates"]) for r in rows], [r["fid"] for r in rows], marker,
