@@ -642,7 +642,8 @@ class _Embedding(nn.Module):
             self.register_buffer("freqs", torch.exp(exponent), persistent=False)
 
     def conditioning(self, timestep: torch.Tensor, class_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if not self.fast or self.training or timestep.dim() != 1:
+        if not self.fast or self.training or timestep.dim() != 1 or self.freqs.dtype != torch.float32:
+            # (a half-precision cast rounds the frequencies; diffusers builds them in fp32 at every call)
             return self.emb(timestep, class_labels, hidden_dtype=dtype)
         proj, mlp = self.emb.time_proj, self.emb.timestep_embedder
         arg = timestep[:, None].float() * self.freqs.float()[None, :]
