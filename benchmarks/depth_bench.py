@@ -231,13 +231,15 @@ def latency_pass() -> None:
                                   "same pass (range over passes in brackets), 2 threads, measured alone on the "
                                   "machine, once per distinct architecture; params and MACs re-measured on the "
                                   "loaded architecture")
+        report["architecture_remeasured"] = True
         path.write_text(json.dumps(report, indent=1))
         print(f"{model}: latency measured for {len(measured) - 1} architectures")
-        _remeasure_recipe(model, pipe, call)
+        _remeasure_recipe(model, costs[("full",)], call)
 
 
-def _remeasure_recipe(model: str, pipe, call) -> None:
-    """Params and MACs of the merged rows of ``recipe.json`` on today's merged ops (no timing)."""
+def _remeasure_recipe(model: str, full: tuple[int, int], call) -> None:
+    """Params and MACs of the merged rows of ``recipe.json`` on today's merged ops (no timing); ``full``:
+    the full model's (params, MACs) per call."""
     from dipgo import load_pruned
     from dipgo.layers.candidates import total_cost
     from dipgo.models.pipelines import denoiser_of
@@ -246,7 +248,6 @@ def _remeasure_recipe(model: str, pipe, call) -> None:
     if not path.exists():
         return
     rows = json.loads(path.read_text())
-    full = total_cost(denoiser_of(pipe), call)
     for row in rows:
         if row["model"] == model and row.get("mode") in ("progressive", "abrupt") and (MODELS / row["folder"]).exists():
             row["params"], macs = total_cost(denoiser_of(load_pruned(MODELS / row["folder"])), call)
@@ -303,8 +304,7 @@ def write_report() -> None:
                          f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
                          f"{r['psnr_vs_full']:.2f} dB |")
         lines.append("")
-        if any(r["label"].startswith("DiP-GO") for r in rep["rows"]) and rep.get("latency_note", "").endswith(
-                "loaded architecture"):
+        if rep.get("architecture_remeasured") and any(r["label"].startswith("DiP-GO") for r in rep["rows"]):
             lines += ["The DiP-GO row was measured before merged DiT blocks folded their norm into the adaLN map "
                       "(its params and MACs are of the merged op of then, with 0.15 M more parameters and the "
                       "attention's modulation still computed); the latency pass re-measured only the static rows.", ""]
