@@ -49,19 +49,22 @@ def run(args) -> None:
     data = source.training_set(pipe, cal)
     lr = args.lr if args.lr else (2e-4 if args.recipe == "constant" else 5e-4)
     kwargs = dict(calibration=cal, data=data, feature_kd=args.feature_kd, progress=True,
-                  distill_kwargs={"batch": args.batch, "lr": lr, "p_uncond": args.p_uncond, **RECIPES[args.recipe]},
+                  distill_kwargs={"batch": args.batch, "lr": lr, "p_uncond": args.p_uncond, "seed": args.seed,
+                                   **RECIPES[args.recipe]},
                   num_inference_steps=20, guidance_scale=guidance)
     pu = f"-pu{args.p_uncond:g}" if args.p_uncond else ""
     ramp = f"-ramp{args.ramp:g}" if args.ramp != 0.5 and args.mode == "progressive" else ""
+    seed = f"-seed{args.seed}" if args.seed else ""
     if args.method == "layers":
-        tag = f"{args.model}-output-r{args.ratio:g}-{args.feature_kd}-{args.recipe}-{args.steps}-lr{lr:g}-ends{pu}"
+        tag = (f"{args.model}-output-r{args.ratio:g}-{args.feature_kd}-{args.recipe}-{args.steps}-lr{lr:g}"
+               f"-ends{pu}{seed}")
         res = prune_layers(pipe, args.ratio, "output", retrain_steps=args.steps, n_images=8,
                            checkpoint=str(MODELS / f"{tag}.distill.pt"), **kwargs)
         save_pruned(res.pipe, MODELS / tag, res.info())
         what = f"output + {args.feature_kd} KD"
         seconds = res.seconds.get("retrain")
     else:
-        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}{pu}{ramp}"
+        tag = f"{args.model}-depth-r{args.ratio:g}-{args.mode}-{args.recipe}-{args.steps}-lr{lr:g}{pu}{ramp}{seed}"
         res = prune_depth(pipe, args.ratio, mode=args.mode, train_steps=args.steps, ramp_share=args.ramp,
                           checkpoint=str(DEPTH_MODELS / f"{tag}.distill.pt"), **kwargs)
         (save_pruned if args.mode == "remove" else save_depth)(res.pipe, DEPTH_MODELS / tag, res.info())
@@ -78,8 +81,10 @@ def run(args) -> None:
     rec = compare(ev_full, run_, full_run, q, q_full)
     uncond = f", unconditional {args.p_uncond:.0%}" if args.p_uncond else ""
     ramped = f", ramp over the first {args.ramp:.0%}" if ramp else ""
-    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}{uncond}{ramped}", method=args.method,
-               p_uncond=args.p_uncond, ramp=args.ramp if ramp else None, model=args.model, ratio=args.ratio,
+    seeded = f", training seed {args.seed}" if seed else ""
+    rec.update(label=f"{what}, {args.recipe}, {args.steps} steps, lr {lr:g}{uncond}{ramped}{seeded}",
+               method=args.method, p_uncond=args.p_uncond, seed=args.seed, ramp=args.ramp if ramp else None,
+               model=args.model, ratio=args.ratio,
                recipe=args.recipe, kd=args.feature_kd,
                retrain_steps=args.steps, lr=lr, batch=args.batch, params_full=res.params_full,
                params=res.params, layers=res.selection.names, mode=args.mode if args.method == "depth" else None,
@@ -117,6 +122,7 @@ def report() -> None:
         for r in rows:
             share = f" ({1 - r['params'] / r['params_full']:.0%} of params)" if r.get("params_full") else ""
             ramp = f", ramp over {r['ramp']:.0%}" if r.get("ramp") else ""
+            ramp += f", training seed {r['seed']}" if r.get("seed") else ""
             lines.append(f"| {r['model']} | {r['ratio']:.0%}{share} | {r['label'].split(',')[0]}, {r['recipe']}{ramp} "
                          "| "
                          f"{r.get('kd', 'normalized')} | {r.get('features', 'every block')} | "
@@ -144,6 +150,8 @@ def main() -> None:
                    help="share of examples trained unconditionally (0: the rows before it existed)")
     p.add_argument("--ramp", type=float, default=0.5,
                    help="depth, progressive: share of the steps over which the blend reaches linear")
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (batches, timesteps, noise); non-zero seeds are tagged, to measure the spread")
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--note", default="")
