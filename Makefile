@@ -5,8 +5,8 @@ DIPGO  := $(VENV)/bin/dipgo
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth bench-samplers \
-	bench-scale clean
+.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth bench-wall \
+	bench-samplers bench-scale clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ demo: $(STAMP)
 # the DiP-GO searches are reused from benchmarks/results/bench/searches/, or run first if missing).
 bench: $(STAMP)
 	$(DIPGO) bench mnist-sd mnist-dit
+
+# Issue 13: how much of the MACs speedup a whole generation keeps (16 images), alone on the machine (~15 min).
+bench-wall: $(STAMP)
+	$(PY) benchmarks/wall_ratio.py --repeats 9
+	$(PY) benchmarks/wall_ratio.py --repeats 9 --malloc system
 
 bench-quick: $(STAMP)
 	$(DIPGO) bench --quick --out $(OUT)/bench-quick
@@ -81,10 +86,18 @@ bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
-	for pu in 0 0.1; do for mode in progressive remove abrupt; do \
+	for mode in progressive remove abrupt; do \
 		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000 \
-			--p-uncond $$pu; done; done
+			--p-uncond 0; \
+		for r in 0.25 0.375 0.5; do $(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode \
+			--ratio $$r --steps 3000; done; \
+		for r in 0.25 0.5; do $(PY) benchmarks/layers_recipe.py mnist-sd --method depth --mode $$mode \
+			--ratio $$r --steps 3000; done; done
+	$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --ratio 0.375 --steps 3000 --ramp 0.2
+	for mode in progressive abrupt; do $(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode \
+		--ratio 0.375 --steps 3000 --seed 1; done
 	$(PY) benchmarks/layers_recipe.py --report
+	$(PY) benchmarks/depth_bench.py --report
 
 # Issue 13: DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
 # on the machine (~20 min each); then the time of the default prune with and without a reference pool (~40 min).
