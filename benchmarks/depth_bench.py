@@ -18,7 +18,8 @@ learning rate on the zoo's own training data (normalised feature KD + output KD 
 Quality: ``--n`` images (balanced digits, same seeds for every row), DDIM-``--steps``, FID against the
 shipped MNIST statistics, classifier accuracy, PSNR against the full model's images. The latency pass
 times the denoiser call of every distinct architecture at batch 1 and 16 images (CFG doubles the call
-batch), paired with the full model in 9 interleaved passes, 2 threads, alone on the machine.
+batch), eager and under torch.compile, paired with the full model (alternating chunks of calls, 9 passes),
+2 threads, alone on the machine.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ MODELS = ROOT / "out" / "depth-bench"  # pruned model folders (not committed: si
 RATIOS = {"mnist-dit": (0.25, 0.375, 0.5), "mnist-sd": (0.25, 0.5)}
 MODES = ("progressive", "abrupt", "remove")
 PASSES = 9
-RUNS = {1: 200, 16: 20}  # calls timed per pass: about 1 s each
+RUNS = {1: 200, 16: 20}  # calls timed per pass and row: about 1 s each
+CHUNKS = 10  # a row and the full model alternate every RUNS / CHUNKS calls (about 0.1 s)
 
 
 def quality_pass(model: str, args) -> None:
@@ -151,18 +153,23 @@ def _stock_embedding(pipe) -> bool:
     return bool(fast)
 
 
-def latency_pass() -> None:
+def latency_pass(compiled: bool = True, models: list[str] | None = None) -> None:
     import copy
 
     import torch
+    import torch._dynamo
 
     from dipgo import load_pruned, zoo
     from dipgo.layers.candidates import total_cost
-    from dipgo.models.costs import measure_latency
     from dipgo.models.pipelines import capture_denoiser_call, default_calibration, denoiser_of
 
+    # every (architecture, batch) is its own compiled variant of the same forward: allow them all, and fail
+    # rather than fall back to eager silently
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.accumulated_recompile_limit = 1024
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch.set_num_threads(2)
-    for model in RATIOS:
+    for model in models or RATIOS:
         path = OUT / f"{model}.json"
         if not path.exists():
             continue
@@ -172,7 +179,7 @@ def latency_pass() -> None:
         cfg = 2 if (source.guidance_scale or 1.0) > 1.0 else 1
         call = capture_denoiser_call(pipe, cal)
 
-        def latency(p, images: int, call=call, cfg=cfg) -> float:
+        def inputs(images: int, call=call, cfg=cfg) -> tuple[tuple, dict]:
             args, kwargs = call
             b = images * cfg
 
@@ -180,19 +187,39 @@ def latency_pass() -> None:
                 return v.repeat(b, *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == 1 \
                     else v
 
-            args = tuple(rep(a) for a in args)
-            kwargs = {k: rep(v) for k, v in kwargs.items()}
-            den = denoiser_of(p)
-            with torch.no_grad():
-                return measure_latency(lambda: den(*args, **kwargs), runs=RUNS[images], warmup=5).median_ms
+            return tuple(rep(a) for a in args), {k: rep(v) for k, v in kwargs.items()}
 
-        # Calls of a few ms drift between passes by up to +-15 % (thread wake-ups, allocator, caches): every
-        # architecture is timed in PASSES interleaved passes, each pass's speedup is the full model's time
-        # over the architecture's in that same pass (paired, so drifts cancel), and the median of the pass
-        # speedups is reported with their range. Merged DiT blocks are also timed with the stock embedding,
-        # to show how much of their speed is the fast path (which would speed up the stock blocks too).
+        calls = {b: inputs(b) for b in (1, 16)}
+
+        def paired(base_fn, fn, images: int, calls=calls) -> tuple[float, float]:
+            """Median ms of ``base_fn`` and ``fn`` over RUNS[images] calls each, timed in CHUNKS alternating
+            chunks (base, fn, base, ...) so that drifts longer than a chunk hit both alike."""
+            args, kwargs = calls[images]
+            n = max(1, RUNS[images] // CHUNKS)
+            times: tuple[list[float], list[float]] = ([], [])
+            with torch.no_grad():
+                for f in (base_fn, fn):
+                    for _ in range(3):
+                        f(*args, **kwargs)
+                for _ in range(CHUNKS):
+                    for f, store in zip((base_fn, fn), times, strict=True):
+                        for _ in range(n):
+                            t0 = time.perf_counter()
+                            f(*args, **kwargs)
+                            store.append(time.perf_counter() - t0)
+            return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+        # Calls of a few ms drift by up to +-15 % over seconds (thread wake-ups, allocator, caches): every
+        # architecture is timed against the full model in alternating chunks of about 0.1 s, PASSES times over;
+        # each pass's speedup is the full model's median over the architecture's (paired, so drifts cancel),
+        # and the median of the pass speedups is reported with their range. Merged DiT blocks are also timed
+        # with the stock embedding, to show how much of their speed is the fast path (which would speed up the
+        # stock blocks too).
         archs: dict[tuple, object] = {("full",): pipe}
-        for row in report["rows"]:
+        # the architectures of this report's rows, then those of today's recipe rows (recipe.json) that differ
+        recipe = [r for r in _recipe_rows(model)[0] if (MODELS / r["folder"]).exists()]
+        extra = [{"mode": r["mode"], "blocks": r["layers"], "folder": r["folder"]} for r in recipe]
+        for row in report["rows"] + extra:
             if row["mode"] in MODES:
                 key = (row["mode"] == "remove", tuple(row["blocks"]))
                 if key not in archs:
@@ -201,18 +228,45 @@ def latency_pass() -> None:
                     if _stock_embedding(stock):
                         archs[key + ("stock",)] = stock
         costs = {k: total_cost(denoiser_of(p), call) for k, p in archs.items()}
-        passes: dict[tuple, dict[int, list[float]]] = {k: {1: [], 16: []} for k in archs}
-        for _ in range(PASSES):
-            for key, p in archs.items():
+        timed = {k: {b: denoiser_of(p) for b in (1, 16)} for k, p in archs.items()}
+        if compiled:
+            # The same architectures under torch.compile (inductor, static shapes, one compiled callable per
+            # batch): a runtime that fuses elementwise ops and drops per-op dispatch, as deployments use.
+            # Every compiled call is checked against the eager one before it is timed.
+            for key in [k for k in archs if "stock" not in k]:
                 for b in (1, 16):
-                    passes[key][b].append(latency(p, b))
+                    eager = denoiser_of(archs[key])
+                    fn = torch.compile(eager, dynamic=False)
+                    args, kwargs = calls[b]
+                    with torch.no_grad():
+                        got, ref = fn(*args, **kwargs), eager(*args, **kwargs)
+                    got, ref = (o.sample if hasattr(o, "sample") else o[0] for o in (got, ref))
+                    err = float((got - ref).abs().max() / ref.abs().max())
+                    if err > 1e-3:
+                        raise RuntimeError(f"compiled {key[:1]} at {b} images differs from eager by {err:.2e}")
+                    timed[key + ("compiled",)] = {**timed.get(key + ("compiled",), {}), b: fn}
+            print(f"{model}: compiled {len(timed) - len(archs)} architectures", flush=True)
+        base = {k: ("full", "compiled") if "compiled" in k else ("full",) for k in timed}
+        passes: dict[tuple, dict[int, list[float]]] = {k: {1: [], 16: []} for k in timed}
+        ratios: dict[tuple, dict[int, list[float]]] = {k: {1: [], 16: []} for k in timed}
+        for _ in range(PASSES):
+            for key, fns in timed.items():
+                if key == base[key]:
+                    continue
+                for b in (1, 16):
+                    ms_base, ms = paired(timed[base[key]][b], fns[b], b)
+                    passes[key][b].append(ms)
+                    passes[base[key]][b].append(ms_base)
+                    ratios[key][b].append(ms_base / ms)
         measured = {k: {b: statistics.median(v[b]) for b in (1, 16)} for k, v in passes.items()}
         spread = {k: {b: [min(v[b]), max(v[b])] for b in (1, 16)} for k, v in passes.items()}
-        ratios = {k: {b: [f / x for f, x in zip(passes[("full",)][b], v[b], strict=True)] for b in (1, 16)}
-                  for k, v in passes.items()}
         full = measured[("full",)]
         report["full"]["latency_ms"], report["full"]["latency_range_ms"] = full, spread[("full",)]
-        for row in report["rows"]:
+        if ("full", "compiled") in measured:
+            report["full"]["latency_compiled_ms"] = measured[("full", "compiled")]
+        known = {(r["mode"] == "remove", tuple(r["blocks"])) for r in report["rows"] if r["mode"] in MODES}
+        report["recipe_architectures"] = [e for e in extra if (e["mode"] == "remove", tuple(e["blocks"])) not in known]
+        for row in report["rows"] + report["recipe_architectures"]:
             if row["mode"] not in MODES:
                 continue
             key = (row["mode"] == "remove", tuple(row["blocks"]))
@@ -222,15 +276,23 @@ def latency_pass() -> None:
             if key + ("stock",) in measured:
                 row["latency_speedup_stock_embedding"] = {b: statistics.median(ratios[key + ("stock",)][b])
                                                           for b in (1, 16)}
+            if key + ("compiled",) in measured:
+                c = key + ("compiled",)
+                row["latency_compiled_ms"] = measured[c]
+                row["latency_speedup_compiled"] = {b: statistics.median(ratios[c][b]) for b in (1, 16)}
+                row["latency_speedup_compiled_range"] = {b: [min(ratios[c][b]), max(ratios[c][b])] for b in (1, 16)}
             # architecture facts of today's merged ops (a call's MACs: every call of a static model is alike)
             row["params"] = costs[key][0]
             row["macs_speedup"] = costs[("full",)][1] / costs[key][1]
-        report["latency_note"] = (f"denoiser call at 1 and 16 images (x{cfg} for CFG), median of {RUNS[1]} (batch 1) "
-                                  f"or {RUNS[16]} (16 images) calls after 5 warm-up, {PASSES} interleaved passes; the "
-                                  "speedup is the median over passes of the full model's time over the row's in the "
-                                  "same pass (range over passes in brackets), 2 threads, measured alone on the "
+        report["latency_note"] = (f"denoiser call at 1 and 16 images (x{cfg} for CFG); in each of {PASSES} passes the "
+                                  f"row and the full model are timed {RUNS[1]} (batch 1) or {RUNS[16]} (16 images) "
+                                  f"calls each, in {CHUNKS} alternating chunks after 3 warm-up calls; the speedup is "
+                                  "the median over passes of the full model's median time over the row's in that "
+                                  "pass (range over passes in brackets), 2 threads, measured alone on the "
                                   "machine, once per distinct architecture; params and MACs re-measured on the "
-                                  "loaded architecture")
+                                  "loaded architecture" + ("; *compiled*: the same calls under torch.compile "
+                                  "(inductor, static shapes), paired with the compiled full model, each compiled "
+                                  "output checked against eager first" if compiled else ""))
         report["architecture_remeasured"] = True
         path.write_text(json.dumps(report, indent=1))
         print(f"{model}: latency measured for {len(measured) - 1} architectures")
@@ -255,6 +317,49 @@ def _remeasure_recipe(model: str, full: tuple[int, int], call) -> None:
     path.write_text(json.dumps(rows, indent=1))
 
 
+def _latency_cells(r: dict, lat_full: dict, compiled: bool) -> str:
+    """The latency columns of one row: eager batch 1 (with the stock-embedding figure) and 16 images, then, if
+    the report has them, the compiled ones; each a paired speedup with its range over passes."""
+    ls, rng, paired = r.get("latency_speedup") or {}, r.get("latency_range_ms") or {}, r.get("latency_speedup_range")
+
+    def cell(b: str) -> str:
+        if not ls:
+            return "-"
+        if paired:
+            return f"{ls[b]:.2f}x ({paired[b][0]:.2f}-{paired[b][1]:.2f})"
+        if b not in rng:
+            return f"{ls[b]:.2f}x"
+        return f"{ls[b]:.2f}x ({lat_full[b] / rng[b][1]:.2f}-{lat_full[b] / rng[b][0]:.2f})"
+
+    b1 = cell("1")
+    if r.get("latency_speedup_stock_embedding"):
+        b1 += f"; stock embedding {r['latency_speedup_stock_embedding']['1']:.2f}x"
+    cells = [b1, cell("16")]
+    if compiled:
+        cs, cr = r.get("latency_speedup_compiled"), r.get("latency_speedup_compiled_range")
+        cells += [f"{cs[b]:.2f}x ({cr[b][0]:.2f}-{cr[b][1]:.2f})" if cs else "-" for b in ("1", "16")]
+    return " | ".join(cells)
+
+
+def _table_head(compiled: bool, extra: str = "") -> list[str]:
+    head = " b1 compiled | b16 compiled |" if compiled else ""
+    return ["| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 |" + head
+            + f" FID | accuracy | PSNR vs full |{extra}",
+            "|---|---|---|---|---|---|" + "---|" * (2 * compiled) + "---|---|---|" + "---|" * bool(extra)]
+
+
+def _recipe_rows(model: str) -> tuple[list[dict], list[dict]]:
+    """``recipe.json``'s depth rows for ``model`` at today's recipe (3000 steps, unconditional 10 %): the main
+    runs (the default ramp, training seed 0) and the others (another ramp or seed) of the same points."""
+    path = OUT / "recipe.json"
+    rows = [r for r in json.loads(path.read_text()) if r["model"] == model and r.get("method") == "depth"
+            and r.get("p_uncond")] if path.exists() else []
+    main = [r for r in rows if not r.get("ramp") and not r.get("seed")]
+    order = {m: i for i, m in enumerate(MODES)}
+    main.sort(key=lambda r: (r["ratio"], order[r["mode"]]))
+    return main, [r for r in rows if r not in main]
+
+
 def write_report() -> None:
     import matplotlib
 
@@ -266,56 +371,72 @@ def write_report() -> None:
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False)
     for ax, rep in zip(axes[0], reports, strict=True):
         f = rep["full"]
-        lat_full = f.get("latency_ms", {})
+        lat_full, cf = f.get("latency_ms", {}), f.get("latency_compiled_ms", {})
+        comp = any(r.get("latency_speedup_compiled") for r in rep["rows"])
+        n_cand = len(rep["candidates"])
         lines += [f"## {rep['model']}", "",
                   f"Full model: {f['params'] / 1e6:.3f} M parameters, FID {f['fid']:.2f}, accuracy {f['cond_acc']:.1%} "
                   f"({rep['n']} images, DDIM-{rep['steps']}); denoiser call "
-                  + (f"{lat_full['1']:.2f} ms at batch 1, {lat_full['16']:.2f} ms at 16 images. " if lat_full else "")
-                  + f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, "
-                  + f"{rep.get('recipe', OLD_RECIPE)}, progressive ramp "
-                  f"over the first {rep['ramp']:.0%}, on the zoo's training data. Latency: "
+                  + (f"{lat_full['1']:.2f} ms at batch 1, {lat_full['16']:.2f} ms at 16 images" if lat_full else "")
+                  + (f" (compiled: {cf['1']:.2f} ms and {cf['16']:.2f} ms)" if cf else "") + ". Latency: "
                   + rep.get("latency_note", "not measured") + ".", ""]
         if any(r.get("latency_speedup_stock_embedding") for r in rep["rows"]):
             lines += ["Merged DiT blocks compute their conditioning through a fast path (the sinusoid's frequencies "
                       "computed once, functional calls; the same map). *Stock embedding*: the same merged model "
                       "timed with diffusers' own embedding module, i.e. without that part of the speed-up, which "
                       "would speed up the full model's blocks as well.", ""]
-        lines += ["| blocks pruned | row | params | MACs speedup | latency speedup b1 (range over passes) | b16 | "
-                  "FID | accuracy | PSNR vs full |", "|---|---|---|---|---|---|---|---|---|"]
+        if comp:
+            lines += ["*Compiled*: the same denoiser calls under `torch.compile` (inductor, static shapes), each "
+                      "speedup paired with the compiled full model in the same pass. Eager PyTorch pays a fixed "
+                      "dispatch cost per op, which a merged block's few small ops feel most at batch 1; a compiled "
+                      "runtime fuses them, as a deployment would.", ""]
+        # latency belongs to an architecture: the same blocks in the same form, whatever the training
+        arch = {(r["mode"], tuple(r["blocks"])): r for r in rep["rows"] + rep.get("recipe_architectures", [])
+                if r["mode"] in MODES}
+        main, others = _recipe_rows(rep["model"])
+        if main:
+            r0 = main[0]
+            lines += [f"### Today's recipe: {r0['retrain_steps']} steps x batch {r0['batch']}, lr {r0['lr']:g}, "
+                      f"{NEW_RECIPE}, unconditional {r0['p_uncond']:.0%}", "",
+                      "From `recipe.json` (`benchmarks/layers_recipe.py --method depth`), evaluated as below; the "
+                      "latency columns are those of the same architecture in the table below.", ""]
+            lines += _table_head(comp, " training |")
+            for r in main:
+                timed = arch.get((r["mode"], tuple(r["layers"])), {})
+                lines.append(f"| {len(r['layers'])}/{n_cand} | {r['label'].split(',')[0]} | {r['params'] / 1e6:.3f} M "
+                             f"| {r['macs_speedup']:.2f}x | {_latency_cells(timed, lat_full, comp)} | {r['fid']:.2f} | "
+                             f"{r['cond_acc']:.1%} | {r['psnr_vs_full']:.2f} dB | "
+                             f"{r['retrain_seconds'] / 60:.1f} min |")
+            lines.append("")
+            if others:
+                lines += ["Other runs of the same points (the spread a single run carries):", ""]
+                lines += [f"- {len(r['layers'])}/{n_cand}, {r['label'].split(',')[0]}, "
+                          + ", ".join(x.strip() for x in r["label"].split(",")[5:])
+                          + f": FID {r['fid']:.2f}, accuracy {r['cond_acc']:.1%}, PSNR {r['psnr_vs_full']:.2f} dB"
+                          for r in others]
+                lines.append("")
+            lines += [f"### The first recipe: {rep['train_steps']} steps", ""]
+        lines += [f"Training: {rep['train_steps']} steps x batch {rep['batch']}, lr {rep['lr']}, "
+                  f"{rep.get('recipe', OLD_RECIPE)}, progressive ramp over the first {rep['ramp']:.0%}, on the zoo's "
+                  "training data.", ""]
+        lines += _table_head(comp)
         for r in rep["rows"]:
-            ls, rng = r.get("latency_speedup") or {}, r.get("latency_range_ms") or {}
-            paired = r.get("latency_speedup_range")
-
-            def cell(b, ls=ls, rng=rng, lat_full=lat_full, paired=paired):
-                if not ls:
-                    return "-"
-                if paired:
-                    return f"{ls[b]:.2f}x ({paired[b][0]:.2f}-{paired[b][1]:.2f})"
-                if b not in rng:
-                    return f"{ls[b]:.2f}x"
-                full_ms = lat_full[b]
-                return f"{ls[b]:.2f}x ({full_ms / rng[b][1]:.2f}-{full_ms / rng[b][0]:.2f})"
-
-            b1, b16 = cell("1"), cell("16")
-            stock = r.get("latency_speedup_stock_embedding")
-            if stock:
-                b1 += f"; stock embedding {stock['1']:.2f}x"
-            lines.append(f"| {len(r['blocks'])}/{len(rep['candidates'])} | {r['label']} | {r['params'] / 1e6:.3f} M | "
-                         f"{r['macs_speedup']:.2f}x | {b1} | {b16} | {r['fid']:.2f} | {r['cond_acc']:.1%} | "
-                         f"{r['psnr_vs_full']:.2f} dB |")
+            lines.append(f"| {len(r['blocks'])}/{n_cand} | {r['label']} | {r['params'] / 1e6:.3f} M | "
+                         f"{r['macs_speedup']:.2f}x | {_latency_cells(r, lat_full, comp)} | {r['fid']:.2f} | "
+                         f"{r['cond_acc']:.1%} | {r['psnr_vs_full']:.2f} dB |")
         lines.append("")
         if rep.get("architecture_remeasured") and any(r["label"].startswith("DiP-GO") for r in rep["rows"]):
             lines += ["The DiP-GO row was measured before merged DiT blocks folded their norm into the adaLN map "
                       "(its params and MACs are of the merged op of then, with 0.15 M more parameters and the "
                       "attention's modulation still computed); the latency pass re-measured only the static rows.", ""]
         for mode, marker in (("progressive", "o-"), ("abrupt", "s--"), ("remove", "^:")):
-            rows = [r for r in rep["rows"] if r["mode"] == mode]
-            ax.plot([len(r["blocks"]) / len(rep["candidates"]) for r in rows], [r["fid"] for r in rows], marker,
-                    label=mode)
+            rows = [r for r in (main or rep["rows"]) if r["mode"] == mode]
+            blocks = [len(r.get("layers") or r["blocks"]) / n_cand for r in rows]
+            ax.plot(blocks, [r["fid"] for r in rows], marker, label=mode)
         ax.axhline(f["fid"], color="k", lw=0.8, label="full model")
         ax.axhline(1.1 * f["fid"], color="k", lw=0.8, ls="--", label="full + 10 %")
         ax.set_xlabel("share of candidate blocks pruned")
-        ax.set_ylabel(f"FID ({rep['n']} images)")
+        ax.set_ylabel(f"FID ({rep['n']} images" + (", today's recipe)" if main else ")"))
         ax.set_title(rep["model"])
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -335,10 +456,11 @@ def main() -> None:
     p.add_argument("--ramp", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latency", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="latency pass: eager only (no torch.compile columns)")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     if args.latency:
-        latency_pass()
+        latency_pass(compiled=not args.no_compile, models=[args.model] if args.model else None)
     elif args.report:
         write_report()
     else:
