@@ -86,6 +86,7 @@ bench-depth: $(STAMP)
 	$(PY) benchmarks/depth_bench.py mnist-sd
 	$(PY) benchmarks/depth_bench.py --latency
 	$(PY) benchmarks/depth_bench.py --report
+	$(PY) benchmarks/depth_scale.py
 	for mode in progressive remove abrupt; do \
 		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000 \
 			--p-uncond 0; \
