@@ -296,12 +296,13 @@ def latency_pass(compiled: bool = True, models: list[str] | None = None) -> None
         report["architecture_remeasured"] = True
         path.write_text(json.dumps(report, indent=1))
         print(f"{model}: latency measured for {len(measured) - 1} architectures")
-        _remeasure_recipe(model, costs[("full",)], call)
+        _remeasure_recipe(model, costs, call)
 
 
-def _remeasure_recipe(model: str, full: tuple[int, int], call) -> None:
-    """Params and MACs of the merged rows of ``recipe.json`` on today's merged ops (no timing); ``full``:
-    the full model's (params, MACs) per call."""
+def _remeasure_recipe(model: str, costs: dict[tuple, tuple[int, int]], call) -> None:
+    """Params and MACs of the merged rows of ``recipe.json`` on today's merged ops (no timing). ``costs``: the
+    latency pass's (params, MACs) per call by architecture key, the full model's under ``("full",)``; a row
+    whose architecture it lacks is loaded and counted here."""
     from dipgo import load_pruned
     from dipgo.layers.candidates import total_cost
     from dipgo.models.pipelines import denoiser_of
@@ -311,9 +312,13 @@ def _remeasure_recipe(model: str, full: tuple[int, int], call) -> None:
         return
     rows = json.loads(path.read_text())
     for row in rows:
-        if row["model"] == model and row.get("mode") in ("progressive", "abrupt") and (MODELS / row["folder"]).exists():
-            row["params"], macs = total_cost(denoiser_of(load_pruned(MODELS / row["folder"])), call)
-            row["macs_speedup"] = full[1] / macs
+        if row["model"] != model or row.get("mode") not in ("progressive", "abrupt"):
+            continue
+        cost = costs.get((False, tuple(row["layers"])))
+        if cost is None and (MODELS / row["folder"]).exists():
+            cost = total_cost(denoiser_of(load_pruned(MODELS / row["folder"])), call)
+        if cost is not None:
+            row["params"], row["macs_speedup"] = cost[0], costs[("full",)][1] / cost[1]
     path.write_text(json.dumps(rows, indent=1))
 
 
