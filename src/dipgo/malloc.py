@@ -2,8 +2,8 @@
 
 glibc hands large freed blocks back to the kernel (``munmap`` above the mmap threshold, ``trim`` of the
 heap top above the trim threshold). A denoiser call frees megabytes of activations and the next call
-asks for them again, so every call re-faults its pages in: measured on a 4 M-parameter DiT at 16 images
-per batch, 800,000 minor page faults per 50-step generation and 30 % of its wall time. The cost also falls unevenly
+asks for them again, so every call re-faults its pages in; on a small model at CPU batch sizes these minor
+page faults can be a large share of the wall time (docs/results.md, wall clock). The cost also falls unevenly
 on skip schedules: a call that reuses its blocks frees little, so the heap shrinks between computed
 calls and the next computed call pays for the faults again.
 

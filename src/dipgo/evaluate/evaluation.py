@@ -3,7 +3,7 @@
 What is measured, and how:
 
 * ``macs`` / ``macs_full``: denoiser MACs per image (CFG included) of what *actually ran*: an
-  :class:`~dipgo.costs.ExecutionProbe` records the blocks computed in every call of every batch, and
+  :class:`~dipgo.models.costs.ExecutionProbe` records the blocks computed in every call of every batch, and
   the per-block MACs come from the ATen-level counter. Dynamic methods (first-block cache) are
   accounted the same way as static schedules.
 * ``latency_ms`` / ``latency_full_ms``: wall-clock per image of the whole pipeline call (text encoder,

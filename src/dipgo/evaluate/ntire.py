@@ -1,5 +1,5 @@
 """One ranking for every method, scored the way the NTIRE 2024 efficient super-resolution challenge scores
-entries (METHOD.md section 5), with the full model as the baseline:
+entries (docs/benchmarks.md), with the full model as the baseline:
 
     Score_x = exp(2 * x / x_base) for x in (runtime, MACs, params)
     Score   = 0.7 * Score_runtime + 0.15 * Score_MACs + 0.15 * Score_params      (lower is better)
