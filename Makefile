@@ -36,82 +36,84 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(DIPGO) bench mnist-sd mnist-dit
 
-# Issue 13: how much of the MACs speedup a whole generation keeps (16 images), alone on the machine (~15 min).
+# How much of the MACs speedup a whole generation keeps (16 images), alone on the machine.
 bench-wall: $(STAMP)
-	$(PY) benchmarks/wall_ratio.py --repeats 9
-	$(PY) benchmarks/wall_ratio.py --repeats 9 --malloc system
+	$(PY) -m benchmarks.wall_clock --repeats 9
+	$(PY) -m benchmarks.wall_clock --repeats 9 --malloc system
 
 bench-quick: $(STAMP)
 	$(DIPGO) bench --quick --out $(OUT)/bench-quick
 
-# The issue-3 acceptance runs (search + 1,000-sample quality + batch-16 wall clock), ~30 min each.
+# Search, then 1,000-sample quality and batch-16 wall clock against the full model and fewer steps.
 bench-prune: $(STAMP)
-	$(PY) benchmarks/prune_mnist.py mnist-sd --ratio 0.8
-	$(PY) benchmarks/prune_mnist.py mnist-dit --ratio 0.6 --iterations 80 --batch 2
+	$(PY) -m benchmarks.prune_quality mnist-sd --ratio 0.8
+	$(PY) -m benchmarks.prune_quality mnist-dit --ratio 0.6 --iterations 80 --batch 2
 
-# Issue 9: the generic search against the hand-written loop it replaced (alone on the machine, ~8 min),
-# and the peak memory of one search iteration at SD-1.5 scale (~15 min).
+# The generic search against the hand-written loop it replaced (alone on the machine), and the peak
+# memory of one search iteration at SD-1.5 scale.
 bench-generic: $(STAMP)
-	$(PY) benchmarks/generic_search.py
-	$(PY) benchmarks/sd15_memory.py
+	$(PY) -m benchmarks.search_parity
+	$(PY) -m benchmarks.search_memory_sd15
 
-# Issue 10: LAPTOP-Diff layer pruning on both zoo models (quality passes may run in parallel, 1 thread
+# LAPTOP-Diff layer pruning on both zoo models (quality passes may run in parallel, 1 thread
 # each); then the latency pass alone on the machine; then the report.
 bench-layers: $(STAMP)
-	$(PY) benchmarks/layers_bench.py mnist-sd
-	$(PY) benchmarks/layers_bench.py mnist-dit
-	$(PY) benchmarks/layers_bench.py --latency
-	$(PY) benchmarks/layers_bench.py --report
+	$(PY) -m benchmarks.layer_pruning mnist-sd
+	$(PY) -m benchmarks.layer_pruning mnist-dit
+	$(PY) -m benchmarks.layer_pruning --latency
+	$(PY) -m benchmarks.layer_pruning --report
 	# the retraining recipe (cosine + EMA, features at run ends); the --p-uncond 0 rows are from before the
 	# unconditional branch was taught, kept for the comparison; then layer pruning + DiP-GO at DDIM-50
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 1500 --p-uncond 0
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --p-uncond 0
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 8000 --p-uncond 0
-	$(PY) benchmarks/layers_recipe.py mnist-dit --ratio 0.25 --steps 6000 --p-uncond 0
-	$(PY) benchmarks/layers_recipe.py mnist-sd --steps 6000 --p-uncond 0
-	$(PY) benchmarks/layers_recipe.py mnist-dit --steps 6000 --feature-kd plain --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --steps 1500 --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --steps 6000 --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --steps 8000 --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --ratio 0.25 --steps 6000 --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-sd --steps 6000 --p-uncond 0
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --steps 6000 --feature-kd plain --p-uncond 0
 	for kd in normalized plain; do for m in mnist-dit mnist-sd; do \
-		$(PY) benchmarks/layers_recipe.py $$m --steps 6000 --feature-kd $$kd; done; done
-	$(PY) benchmarks/layers_combined.py mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
+		$(PY) -m benchmarks.retrain_recipe $$m --steps 6000 --feature-kd $$kd; done; done
+	$(PY) -m benchmarks.layers_with_dipgo mnist-sd mnist-sd-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.83 --alone
-	$(PY) benchmarks/layers_combined.py mnist-dit mnist-dit-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
+	$(PY) -m benchmarks.layers_with_dipgo mnist-dit mnist-dit-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends \
 		--dipgo-ratio 0.6 --alone
-	for m in mnist-sd:0.83 mnist-dit:0.6; do $(PY) benchmarks/layers_combined.py $${m%:*} \
+	for m in mnist-sd:0.83 mnist-dit:0.6; do $(PY) -m benchmarks.layers_with_dipgo $${m%:*} \
 		$${m%:*}-output-r0.5-normalized-cosine-ema-6000-lr0.0005-ends-pu0.1 --dipgo-ratio $${m#*:}; done
-	$(PY) benchmarks/layers_recipe.py --report
-	$(PY) benchmarks/layers_combined.py --report
+	$(PY) -m benchmarks.retrain_recipe --report
+	$(PY) -m benchmarks.layers_with_dipgo --report
 
+# UPDP depth pruning on both zoo models (quality passes, then the latency pass alone on the machine, then the
+# report), merged blocks at a real DiT's width, and the training recipe's rows.
 bench-depth: $(STAMP)
-	$(PY) benchmarks/depth_bench.py mnist-dit
-	$(PY) benchmarks/depth_bench.py mnist-sd
-	$(PY) benchmarks/depth_bench.py --latency
-	$(PY) benchmarks/depth_bench.py --report
-	$(PY) benchmarks/depth_scale.py
+	$(PY) -m benchmarks.depth_pruning mnist-dit
+	$(PY) -m benchmarks.depth_pruning mnist-sd
+	$(PY) -m benchmarks.depth_pruning --latency
+	$(PY) -m benchmarks.depth_pruning --report
+	$(PY) -m benchmarks.depth_latency_scale
 	for mode in progressive remove abrupt; do \
-		$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000 \
+		$(PY) -m benchmarks.retrain_recipe mnist-dit --method depth --mode $$mode --ratio 0.375 --steps 3000 \
 			--p-uncond 0; \
-		for r in 0.25 0.375 0.5; do $(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode \
+		for r in 0.25 0.375 0.5; do $(PY) -m benchmarks.retrain_recipe mnist-dit --method depth --mode $$mode \
 			--ratio $$r --steps 3000; done; \
-		for r in 0.25 0.5; do $(PY) benchmarks/layers_recipe.py mnist-sd --method depth --mode $$mode \
+		for r in 0.25 0.5; do $(PY) -m benchmarks.retrain_recipe mnist-sd --method depth --mode $$mode \
 			--ratio $$r --steps 3000; done; done
-	$(PY) benchmarks/layers_recipe.py mnist-dit --method depth --ratio 0.375 --steps 3000 --ramp 0.2
-	for mode in progressive abrupt; do $(PY) benchmarks/layers_recipe.py mnist-dit --method depth --mode $$mode \
+	$(PY) -m benchmarks.retrain_recipe mnist-dit --method depth --ratio 0.375 --steps 3000 --ramp 0.2
+	for mode in progressive abrupt; do $(PY) -m benchmarks.retrain_recipe mnist-dit --method depth --mode $$mode \
 		--ratio 0.375 --steps 3000 --seed 1; done
-	$(PY) benchmarks/layers_recipe.py --report
-	$(PY) benchmarks/depth_bench.py --report
+	$(PY) -m benchmarks.retrain_recipe --report
+	$(PY) -m benchmarks.depth_pruning --report
 
-# Issue 13: DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
-# on the machine (~20 min each); then the time of the default prune with and without a reference pool (~40 min).
+# DPM-Solver++ and Euler points, and the paper's PLMS-50 setting (ratio 0.8 and 0.85), each alone
+# on the machine; then the time of the default prune with and without a reference pool.
 bench-samplers: $(STAMP)
 	$(DIPGO) bench mnist-sd --scheduler dpm++ --bases 20 --out benchmarks/results/bench-dpmpp
 	$(DIPGO) bench mnist-sd --scheduler euler --bases 20 --out benchmarks/results/bench-euler
 	$(DIPGO) bench mnist-sd --scheduler pndm --bases 50 --budgets 5,6.667 --methods "dipgo,fewer steps" \
 		--out benchmarks/results/bench-plms50
-	$(PY) benchmarks/prune_time.py
+	$(PY) -m benchmarks.prune_time
 
-# Issue 12: the search on 1 and 2 processes (torchrun, gloo), alone on the machine (~2 min).
+# The search on 1 and 2 processes (torchrun, gloo), alone on the machine.
 bench-scale: $(STAMP)
-	$(PY) benchmarks/search_scaling.py
+	$(PY) -m benchmarks.search_scaling
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,6 +1,6 @@
-"""Peak memory of one DiP-GO search iteration at Stable Diffusion 1.5 scale (issue 9).
+"""Peak memory of one DiP-GO search iteration at Stable Diffusion 1.5 scale.
 
-    python benchmarks/sd15_memory.py          # ~10-20 min on 2 CPU cores; run it alone on the machine
+    python -m benchmarks.search_memory_sd15   # run it alone on the machine
 
 No SD-1.5 checkpoint can be downloaded here, so the pipeline is built from the real configurations
 with random weights: SD-1.5's UNet2DConditionModel (860 M parameters: channels 320/640/1280/1280, two
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import harness as h
+
+MODES = ("load", "search")
 STEPS, SIZE, GUIDANCE = 10, 256, 7.5
 
 
@@ -66,7 +65,6 @@ def build():
 
 
 def child(mode: str) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
     import torch
 
     from dipgo.cache.search import Search, SearchConfig
@@ -93,21 +91,16 @@ def child(mode: str) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        return child(sys.argv[2])
-    rows = []
-    for mode in ("load", "search"):
-        out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-3000:])
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
+    p = h.parser(__doc__)
+    p.add_argument("--child", choices=MODES, default=None, help="internal: measure one mode in this process")
+    args = p.parse_args()
+    if args.child:
+        return child(args.child)
+    rows = [h.child_json("search_memory_sd15", "--child", mode) for mode in MODES]
     result = {"what": "peak RSS of one DiP-GO search iteration, SD-1.5 configs with random weights",
               "latents": f"{SIZE // 8}x{SIZE // 8}", "steps": STEPS, "guidance_scale": GUIDANCE, "batch": 1,
-              "rows": rows, "limit_mb": 16 * 1024}
-    path = ROOT / "benchmarks" / "results" / "search-memory-sd15.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"wrote {path}")
+              "rows": rows, "limit_mb": 16 * 1024, "machine": h.machine()}
+    print(f"wrote {h.write_json(h.RESULTS / 'search-memory-sd15.json', result)}")
 
 
 if __name__ == "__main__":
