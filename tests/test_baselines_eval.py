@@ -228,26 +228,30 @@ def test_bracket_points_measure_the_far_side_of_each_dipgo_point(dit_pipe):
     assert bracket_points(dit_pipe, 20, 1.0, low) == []
 
 
-def test_bench_searches_each_budget_from_both_inits_and_reuses_them(sd_pipe, tmp_path, monkeypatch):
+def test_bench_prunes_each_budget_with_the_users_pipeline_and_reuses_it(sd_pipe, tmp_path, monkeypatch):
+    """The bench's dipgo point is what `dipgo prune --effort E` writes: the same pipeline, nothing more."""
+    from dipgo.cache import pipeline
     from dipgo.evaluate import bench
 
     set_scheduler(sd_pipe, "ddim")
-    monkeypatch.setattr(bench, "SEARCH_ITERATIONS", 2)
-    result, info = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False,
-                                            calibration=digits(sd_pipe))
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["mnist-sd-ddim4-x2-keep.json", "mnist-sd-ddim4-x2-uniform.json"]  # no checkpoints left
-    cons = info["final_consistency"]
-    assert info["init"] == min(cons, key=cons.get) and result.config.init == info["init"]
-    assert result.config.ratio == 0.5 and result.scores.shape == (4, 9)
+    seen = []
+    real = bench.prune_schedules
 
-    def no_search(*a, **k):
-        raise AssertionError("searched again")
+    def spy(pipe, config, **kw):
+        seen.append(config)
+        config.iterations, config.evaluations, config.held_out = 2, pipeline.MIN_EVALUATIONS, 2
+        return real(pipe, config, **kw)
 
-    monkeypatch.setattr(bench, "Search", no_search)
-    again, _ = bench.search_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, tmp_path, progress=False,
-                                       calibration=digits(sd_pipe))
-    torch.testing.assert_close(again.scores, result.scores)
+    monkeypatch.setattr(bench, "prune_schedules", spy)
+    cfg = bench.BenchConfig(models=["mnist-sd"], bases=[4], budgets=[2.0], out=str(tmp_path), effort="quick")
+    schedule = bench.dipgo_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, cfg, digits(sd_pipe), progress=False)
+    assert [c.effort for c in seen] == ["quick"] and seen[0].ratios == (0.5,)
+    assert sorted(p.name for p in (tmp_path / "schedules").iterdir()) == ["mnist-sd-ddim4-x2-quick.json"]
+    assert schedule.meta["pipeline"]["effort"] == "quick"
+
+    monkeypatch.setattr(bench, "prune_schedules", lambda *a, **k: pytest.fail("pruned again"))
+    again = bench.dipgo_for_budget(sd_pipe, "mnist-sd", 4, 4.0, 2.0, cfg, digits(sd_pipe), progress=False)
+    assert again.steps == schedule.steps
 
 
 def test_probe_on_dit_counts_only_blocks_that_ran(dit_pipe):

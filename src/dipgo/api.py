@@ -24,60 +24,52 @@ from pathlib import Path
 import torch
 
 from .cache.apply import apply, is_applied, remove, summary
-from .cache.postprocess import schedule_at_ratio
+from .cache.pipeline import PruneConfig, prune_schedules
 from .cache.schedule import Schedule
 from .errors import DipgoError
 from .models.pipelines import default_calibration
 
-__all__ = ["apply", "remove", "is_applied", "summary", "prune"]
-
-
-def _ratios(ratio: float | Sequence[float]) -> list[float]:
-    ratios = [float(r) for r in ratio] if isinstance(ratio, (list, tuple)) else [float(ratio)]
-    if not ratios:
-        raise DipgoError("give at least one ratio")
-    for r in ratios:
-        if not 0.0 < r < 1.0:
-            raise DipgoError(f"ratio must be in (0, 1) (the pruned share of MACs), got {r}")
-    return ratios
+__all__ = ["apply", "remove", "is_applied", "summary", "prune", "PruneConfig"]
 
 
 def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int = 50, *,
           denoiser: torch.nn.Module | None = None, blocks: list[str] | None = None,
           prompts: Sequence[str] | None = None, class_labels: Sequence[int] | None = None,
-          guidance_scale: float | None = None, call_kwargs: dict | None = None,
-          checkpoint: str | Path | None = None, progress: bool = True, **search_kwargs) -> Schedule | list[Schedule]:
-    """Learn a skip schedule with DiP-GO and return it at ``ratio`` (a list of schedules for a list of ratios:
-    one search over the range of budgets, whose scores are trained to be cut at any of them).
+          guidance_scale: float | None = None, call_kwargs: dict | None = None, effort: str = "default",
+          config: PruneConfig | None = None, checkpoint: str | Path | None = None, progress: bool = True,
+          **search_kwargs) -> Schedule | list[Schedule]:
+    """Learn a skip schedule and return it at ``ratio`` (a list of schedules for a list of ratios, which
+    share one search). Runs the whole pruning pipeline (:mod:`dipgo.cache.pipeline`): the DiP-GO search,
+    a held-out selection among it and the simple schedules of the same budget, a refinement of the best,
+    and a comparison with fewer steps at the same MACs, recorded in ``schedule.meta["pipeline"]``.
 
     ``target`` is a diffusers pipeline (its own ``__call__`` runs, with its current scheduler), or a
     function ``sample_fn(generators) -> images (N, C, H, W) in [0, 1]`` running your own loop, together
     with ``denoiser=`` (the module it calls once per step) and ``blocks=`` (its submodules to gate).
     ``prompts`` / ``class_labels`` are the calibration inputs (a text model given none uses a generic
-    prompt set). ``call_kwargs`` go to every pipeline call (e.g. ``height``/``width``).
+    prompt set). ``call_kwargs`` go to every pipeline call (e.g. ``height``/``width``). ``effort``
+    (``quick``, ``default``, ``thorough``) sets the cost of every stage; ``config`` (a
+    :class:`~dipgo.cache.pipeline.PruneConfig`) replaces ``ratio``, ``num_inference_steps``,
+    ``guidance_scale``, ``effort`` and the search settings given as further keywords.
     """
-    from .cache.driver import FunctionSampler
-    from .cache.search import Search, SearchConfig
-
-    ratios = _ratios(ratio)
-    if len(set(ratios)) > 1:  # one search for the whole range of budgets (SearchConfig.ratios)
-        search_kwargs.setdefault("ratios", (min(ratios), max(ratios)))
-    config = SearchConfig(ratio=max(ratios), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                          **search_kwargs)
-    if denoiser is not None or (callable(target) and not hasattr(target, "scheduler")):
-        if isinstance(target, torch.nn.Module) and denoiser is None:
-            raise DipgoError("dipgo.prune got a bare module: pass your sampling function and the module, "
-                             "dipgo.prune(sample_fn, denoiser=module, blocks=[...], ...)")
-        if denoiser is None:
-            raise DipgoError("with a sampling function, pass the module it calls: denoiser=module")
-        if prompts is not None or class_labels is not None:
+    if config is None:
+        config = _config(ratio, num_inference_steps, guidance_scale, effort, search_kwargs)
+    elif search_kwargs:
+        raise DipgoError(f"give the search settings {sorted(search_kwargs)} inside config=PruneConfig(...)")
+    calibration = None
+    if prompts is not None or class_labels is not None:
+        if denoiser is not None or not hasattr(target, "scheduler"):
             raise DipgoError("a sampling function takes no prompts or class_labels: condition inside sample_fn")
-        sampler = FunctionSampler(target, denoiser, num_inference_steps)
-        search = Search(sampler, config, checkpoint_path=checkpoint, blocks=blocks)
-    else:
+    if hasattr(target, "scheduler") and denoiser is None:
         calibration = default_calibration(target, prompts, class_labels)
-        search = Search(target, config, checkpoint_path=checkpoint, blocks=blocks, calibration=calibration,
-                        call_kwargs=call_kwargs)
-    result = search.run(progress=progress)
-    schedules = [schedule_at_ratio(result, r) for r in ratios]
-    return schedules if isinstance(ratio, (list, tuple)) else schedules[0]
+    pruned = prune_schedules(target, config, denoiser=denoiser, blocks=blocks, calibration=calibration,
+                             call_kwargs=call_kwargs, checkpoint=checkpoint, progress=progress)
+    schedules = [p.schedule for p in pruned]
+    return schedules if isinstance(config.ratio, (list, tuple)) else schedules[0]
+
+
+def _config(ratio, steps: int, guidance_scale, effort: str, search_kwargs: dict) -> PruneConfig:
+    kw = dict(search_kwargs)
+    top = {k: kw.pop(k) for k in ("iterations", "evaluations", "held_out", "seed") if k in kw}
+    return PruneConfig(ratio=ratio, num_inference_steps=steps, guidance_scale=guidance_scale, effort=effort,
+                       search=kw, **top)

@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .dist import world
 from .errors import DipgoError
 from .fileio import atomic_path
+from .version import __version__
+
+
+def _float_arg(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DipgoError(f"{flag} takes a number, got {text!r}") from None
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -76,27 +84,7 @@ def _load(args):
     return pipe, source, calibration
 
 
-def cmd_prune(args) -> int:
-    from .cache.postprocess import schedule_at_ratio
-    from .cache.search import Search, SearchConfig
-    from .models.pipelines import set_scheduler
-
-    ratios = [float(r) for r in str(args.ratio).split(",")]
-    for r in ratios:  # validated before anything is loaded
-        SearchConfig(ratio=r)
-    if args.refine < 0:
-        raise DipgoError(f"--refine is a number of held-out sampling runs (>= 0), got {args.refine}")
-    pipe, source, calibration = _load(args)
-    config = SearchConfig(ratio=max(ratios), num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
-                          iterations=args.iterations, batch=args.batch, lr=args.lr, loss=args.loss,
-                          references=args.references,
-                          init=args.init, seed=args.seed, granularity=args.granularity,
-                          grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing],
-                          ratios=(min(ratios), max(ratios)) if len(set(ratios)) > 1 else None)
-    if config.ratios:
-        print(f"one search for the budgets {', '.join(f'{r:g}' for r in ratios)} (targets drawn from "
-              f"{config.ratios[0]:g}-{config.ratios[1]:g})")
-    set_scheduler(pipe, args.scheduler)
+def _describe_calibration(calibration) -> None:
     if calibration.generic:
         print(f"calibrating on dipgo's {len(calibration.items)} built-in generic prompts "
               "(pass --prompts FILE, one prompt per line, to use your own)")
@@ -105,29 +93,44 @@ def cmd_prune(args) -> int:
     else:
         what = "prompts" if calibration.kind == "prompt" else "class labels"
         print(f"calibrating on {len(calibration.items)} {what}")
+
+
+def _prune_config(args, guidance: float | None):
+    from .cache.pipeline import PruneConfig
+
+    ratios = [_float_arg(r, "--ratio") for r in str(args.ratio).split(",")]
+    search = {k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss),
+                                ("granularity", args.granularity)) if v is not None}
+    search["grad_checkpointing"] = {"auto": None, "on": True, "off": False}[args.grad_checkpointing]
+    return PruneConfig(ratio=ratios if len(ratios) > 1 else ratios[0], num_inference_steps=args.steps,
+                       effort=args.effort, iterations=args.iterations, evaluations=args.evaluations,
+                       held_out=args.held_out, guidance_scale=guidance, seed=args.seed, search=search)
+
+
+def cmd_prune(args) -> int:
+    from .cache.pipeline import prune_schedules
+    from .models.pipelines import set_scheduler
+
+    _prune_config(args, None)  # validated before anything is loaded
+    pipe, source, calibration = _load(args)
+    config = _prune_config(args, _guidance(args, source))
+    set_scheduler(pipe, args.scheduler)
+    _describe_calibration(calibration)
     out = Path(args.out)
     ckpt = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".search.pt")
-    search = Search(pipe, config, checkpoint_path=ckpt, blocks=args.blocks.split(",") if args.blocks else None,
-                    calibration=calibration)
-    if search.iteration:
-        print(f"resuming the search from {ckpt} at iteration {search.iteration}/{config.iterations}")
-    result = search.run(progress=True)
-    for r in ratios:
-        schedule = schedule_at_ratio(result, r)
-        if args.refine:
-            from .cache.refine import RefineConfig, refine
-
-            rc = RefineConfig(evaluations=args.refine)
-            done = world().on_main(lambda r=r, rc=rc: refine(pipe, result, r, calibration, rc,
-                                                             guidance_scale=config.guidance_scale, progress=True))
-            schedule = done.schedule
-            print(f"refined on held-out images: {done.psnr:.2f} dB against the full model, from the "
-                  f"{done.start} start (starts: {', '.join(f'{k} {v:.2f}' for k, v in done.starts.items())})")
-        path = out if len(ratios) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
+    pruned = prune_schedules(pipe, config, blocks=args.blocks.split(",") if args.blocks else None,
+                             calibration=calibration, checkpoint=ckpt, progress=True)
+    for r, p in zip(config.ratios, pruned, strict=True):
+        path = out if len(pruned) == 1 else out.with_name(f"{out.stem}-r{r:g}{out.suffix}")
         if world().main:
-            schedule.save(path)
-        print(schedule.summary())
-        print(f"wrote {path} (search {result.seconds:.0f} s, {config.iterations} iterations)")
+            p.schedule.save(path)
+        print(p.schedule.summary())
+        rec = p.schedule.meta["pipeline"]
+        print("held-out candidates: " + ", ".join(f"{k} {v:.2f} dB" for k, v in p.candidates.items())
+              + f"; best start: {p.winner}")
+        print(f"wrote {path} ({config.effort} effort; " + ", ".join(f"{k} {v:.0f} s" for k, v in
+                                                                    rec["seconds"].items()) + ")")
+        print(f"on {rec['held_out']['n']} held-out images: {p.line()}")
     return 0
 
 
@@ -136,6 +139,30 @@ def cmd_show(args) -> int:
 
     print(Schedule.load(args.schedule).summary())
     return 0
+
+
+def _comparison_rows(pipe, schedule, run, steps: int) -> list[tuple[str, object]]:
+    """Full model, dipgo, and fewer steps at the schedule's MACs, each labelled with its PSNR vs the full model."""
+    from . import api
+    from .models.pipelines import num_calls
+    from .models.similarity import psnr
+
+    full = run("full model", steps)
+    schedule = api.apply(pipe, schedule, num_inference_steps=steps)
+    try:
+        pruned = run("dipgo schedule", steps)
+    finally:
+        api.remove(pipe)
+    speed = schedule.macs_full / schedule.macs
+    total = num_calls(pipe, steps)
+    k = min(range(1, steps), key=lambda k: abs(math.log(total / num_calls(pipe, k) / speed)))
+    fewer = run(f"{k} steps", k)
+
+    def db(images) -> str:
+        return f"{float(psnr(images, full, cap=100.0).mean()):.1f} dB"
+
+    return [(f"full model, {steps} steps", full), (f"dipgo, {speed:.2f}x fewer MACs: {db(pruned)}", pruned),
+            (f"{k} steps, {total / num_calls(pipe, k):.2f}x fewer MACs: {db(fewer)}", fewer)]
 
 
 def cmd_sample(args) -> int:
@@ -154,27 +181,26 @@ def cmd_sample(args) -> int:
     steps = args.steps if args.steps is not None else (schedule.num_inference_steps if schedule else 50)
     if schedule is not None and type(pipe.scheduler).__name__ != schedule.scheduler:
         set_scheduler(pipe, schedule.scheduler)
+    if schedule is not None and steps != schedule.num_inference_steps:  # --steps: the opt-in to a transfer
+        print(f"note: the schedule was searched for {schedule.num_inference_steps} steps; its gates are mapped "
+              f"to {steps} steps over normalised time (quality may differ from a search at {steps})")
 
-    def run(desc):
-        return generate(pipe, calibration, conditions, seed=args.seed, num_inference_steps=steps,
+    def run(desc, k=steps):
+        return generate(pipe, calibration, conditions, seed=args.seed, num_inference_steps=k,
                         guidance_scale=guidance, batch_size=args.batch, progress=True, desc=desc)
 
     nrow = min(10, args.n)
     if schedule is None:
         grid = make_grid(run("sampling"), nrow=nrow)
+    elif args.compare:
+        grid = labelled_rows(_comparison_rows(pipe, schedule, run, steps), nrow=nrow)
     else:
-        full = run("full model") if args.compare else None
-        if steps != schedule.num_inference_steps:  # --steps given: the explicit opt-in to a step-count transfer
-            print(f"note: the schedule was searched for {schedule.num_inference_steps} steps; its gates are mapped "
-                  f"to {steps} steps over normalised time (quality may differ from a search at {steps})")
         schedule = api.apply(pipe, schedule, num_inference_steps=steps)
         try:
             pruned = run("dipgo schedule")
         finally:
             api.remove(pipe)
-        speed = f"dipgo, {schedule.macs_full / schedule.macs:.2f}x fewer MACs" if schedule.macs else "dipgo"
-        grid = labelled_rows([("full model", full), (speed, pruned)] if full is not None else [(speed, pruned)],
-                             nrow=nrow)
+        grid = labelled_rows([(f"dipgo, {schedule.macs_full / schedule.macs:.2f}x fewer MACs", pruned)], nrow=nrow)
     save_image(grid, args.out)
     print(f"wrote {args.out}: {args.n} images, {steps} steps, guidance {guidance}, seed {args.seed}"
           + (f", schedule {args.schedule}" if schedule else ""))
@@ -244,62 +270,82 @@ def _training_data(source, pipe, calibration, steps: int):
     return data
 
 
-def _distill_kwargs(args) -> dict:
-    return {"batch": args.batch, "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup,
-            "ema": args.ema, "p_uncond": args.p_uncond}
+def _distill_config(args, steps: int):
+    """The distillation settings of ``dipgo layers`` / ``dipgo depth``."""
+    from .models.distill import DistillConfig
+
+    return DistillConfig(steps=steps, feature_kd=args.feature_kd, batch=args.batch, lr=args.lr,
+                         lr_schedule=args.lr_schedule, warmup=args.warmup, ema=args.ema, p_uncond=args.p_uncond)
+
+
+def _checkpoint(args) -> str:
+    return args.checkpoint or str(Path(args.out).with_suffix(".distill.pt"))
+
+
+def _print_depth_scores(args) -> int:
+    from .depth import depth_scores
+
+    pipe, source, calibration = _load(args)
+    cands, scores, _, _ = depth_scores(pipe, calibration, n_images=args.calib_images, num_inference_steps=args.steps,
+                                       guidance_scale=_guidance(args, source), progress=True)
+    print(f"{'block':<30}{'kind':>13}{'params saved':>14}{'MACs saved':>12}{'linearise loss':>16}")
+    for c in sorted(cands, key=lambda c: scores[c.name]):
+        print(f"{c.name:<30}{c.kind:>13}{_fmt(c.params):>14}{_fmt(c.macs):>12}{scores[c.name]:>16.6g}")
+    return 0
 
 
 def cmd_depth(args) -> int:
-    from .depth import depth_scores, prune_depth, save_depth
-    from .layers import save_pruned
+    from dataclasses import replace
 
-    if not args.scores and (args.ratio is None or args.out is None):
-        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
-    pipe, source, calibration = _load(args)
-    guidance = _guidance(args, source)
-    scored = depth_scores(pipe, calibration, n_images=args.calib_images, num_inference_steps=args.steps,
-                          guidance_scale=guidance, progress=True)
+    from .depth import DepthConfig, prune
+
     if args.scores:
-        cands, scores = scored[0], scored[1]
-        print(f"{'block':<30}{'kind':>13}{'params saved':>14}{'MACs saved':>12}{'linearise loss':>16}")
-        for c in sorted(cands, key=lambda c: scores[c.name]):
-            print(f"{c.name:<30}{c.kind:>13}{_fmt(c.params):>14}{_fmt(c.macs):>12}{scores[c.name]:>16.6g}")
-        return 0
+        return _print_depth_scores(args)
+    if args.ratio is None or args.out is None:
+        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
+    config = DepthConfig(args.ratio, args.by, args.mode, _distill_config(args, args.train_steps), args.ramp,
+                         n_images=args.calib_images, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    pipe, source, calibration = _load(args)
+    config = replace(config, guidance_scale=_guidance(args, source))
     data = _training_data(source, pipe, calibration, args.train_steps)
-    result = prune_depth(pipe, args.ratio, by=args.by, mode=args.mode, train_steps=args.train_steps,
-                         calibration=calibration, data=data, feature_kd=args.feature_kd,
-                         distill_kwargs=_distill_kwargs(args), ramp_share=args.ramp,
-                         num_inference_steps=args.steps, guidance_scale=guidance, scored=scored,
-                         checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
-    out = (save_pruned if args.mode == "remove" else save_depth)(result.pipe, args.out, result.info())
+    result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
+    out = result.save(args.out)
     verb = "removed" if args.mode == "remove" else "merged"
     return _report_pruned(source, out, result, f"{verb} {len(result.selection.names)} of {len(result.candidates)} "
                           f"blocks ({args.mode})")
 
 
-def cmd_layers(args) -> int:
-    from .layers import layer_scores, prune_layers, save_pruned
+def _print_layer_scores(args) -> int:
+    from .layers import layer_scores
     from .models.pipelines import denoiser_of
 
     pipe, source, calibration = _load(args)
-    guidance = _guidance(args, source)
+    cands, scores, _ = layer_scores(pipe, args.criterion, calibration, n_images=args.calib_images,
+                                    num_inference_steps=args.steps, guidance_scale=_guidance(args, source),
+                                    progress=True)
+    total = sum(p.numel() for p in denoiser_of(pipe).parameters())
+    print(f"{'layer':<34}{'params':>10}{'share':>8}{'MACs/call':>12}{args.criterion + ' score':>18}")
+    for c in sorted(cands, key=lambda c: scores[c.name]):
+        print(f"{c.name:<34}{_fmt(c.params):>10}{c.params / total:>8.1%}{_fmt(c.macs):>12}{scores[c.name]:>18.6g}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from dataclasses import replace
+
+    from .layers import LayersConfig, prune
+
     if args.scores:
-        cands, scores, _ = layer_scores(pipe, args.criterion, calibration, n_images=args.calib_images,
-                                        num_inference_steps=args.steps, guidance_scale=guidance, progress=True)
-        total = sum(p.numel() for p in denoiser_of(pipe).parameters())
-        print(f"{'layer':<34}{'params':>10}{'share':>8}{'MACs/call':>12}{args.criterion + ' score':>18}")
-        for c in sorted(cands, key=lambda c: scores[c.name]):
-            print(f"{c.name:<34}{_fmt(c.params):>10}{c.params / total:>8.1%}{_fmt(c.macs):>12}{scores[c.name]:>18.6g}")
-        return 0
+        return _print_layer_scores(args)
     if args.ratio is None or args.out is None:
         raise DipgoError("give --ratio R and --out DIR (or --scores to only print each layer's score)")
+    config = LayersConfig(args.ratio, args.criterion, args.by, args.method, _distill_config(args, args.retrain_steps),
+                          n_images=args.calib_images, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    pipe, source, calibration = _load(args)
+    config = replace(config, guidance_scale=_guidance(args, source))
     data = _training_data(source, pipe, calibration, args.retrain_steps)
-    result = prune_layers(pipe, args.ratio, args.criterion, by=args.by, method=args.method, calibration=calibration,
-                          retrain_steps=args.retrain_steps, feature_kd=args.feature_kd, data=data,
-                          distill_kwargs=_distill_kwargs(args), n_images=args.calib_images,
-                          num_inference_steps=args.steps, guidance_scale=guidance,
-                          checkpoint=args.checkpoint or str(Path(args.out).with_suffix(".distill.pt")), progress=True)
-    out = save_pruned(result.pipe, args.out, result.info())
+    result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
+    out = result.save(args.out)
     return _report_pruned(source, out, result, f"removed {len(result.selection.names)} layers "
                           f"({result.selection.method}, {args.criterion})")
 
@@ -310,7 +356,7 @@ def cmd_bench(args) -> int:
     kw = {}
     if args.models:
         kw["models"] = args.models
-    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype", "scheduler", "refine"):
+    for name in ("n", "batch", "out", "floor_psnr", "floor_fid", "device", "dtype", "scheduler", "effort"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
@@ -367,6 +413,43 @@ def _distillation_args(p) -> None:
     _calibration_args(p)
 
 
+def _layers_parser(sub) -> None:
+    """``dipgo layers``: its own settings, then the distillation settings it shares with ``dipgo depth``."""
+    lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
+                         "distillation); writes a pipeline folder")
+    lay.add_argument("model", help="zoo name, diffusers folder or hub id")
+    lay.add_argument("--ratio", type=float, default=None, help="share of the denoiser's parameters to remove, in "
+                     "(0, 1); with --by macs, share of its MACs per call")
+    lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
+    lay.add_argument("--by", default="params", choices=("params", "macs"), help="what --ratio is a share of")
+    lay.add_argument("--method", default="knapsack", choices=("knapsack", "greedy"))
+    lay.add_argument("--retrain-steps", type=int, default=0, help="distillation steps (0: one-shot)")
+    lay.add_argument("--scores", action="store_true", help="only print every candidate layer's score")
+    _distillation_args(lay)
+    lay.set_defaults(fn=cmd_layers)
+
+
+def _depth_parser(sub) -> None:
+    """``dipgo depth``: its own settings, then the distillation settings it shares with ``dipgo layers``."""
+    dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
+                         "writes a pipeline folder")
+    dep.add_argument("model", help="zoo name, diffusers folder or hub id")
+    dep.add_argument("--ratio", type=float, default=None, help="share of the candidate blocks to merge (--mode "
+                     "remove: to remove), in (0, 1); with --by macs / --by params, share of the denoiser's MACs per "
+                     "call / parameters that pruning them saves")
+    dep.add_argument("--by", default="depth", choices=("depth", "macs", "params"),
+                     help="what --ratio is a share of: the candidate blocks (depth), or what pruning saves")
+    dep.add_argument("--mode", default="progressive", choices=("progressive", "abrupt", "remove"),
+                     help="progressive: UPDP, each block ramps to its linear form during training (default); "
+                     "abrupt: linear from the first step; remove: plain block removal")
+    dep.add_argument("--train-steps", type=int, default=0, help="distillation steps (0: no training)")
+    dep.add_argument("--ramp", type=float, default=0.5, help="share of the training over which the blend factor "
+                     "ramps 0 -> 1 (progressive)")
+    dep.add_argument("--scores", action="store_true", help="only print every candidate block's score and savings")
+    _distillation_args(dep)
+    dep.set_defaults(fn=cmd_depth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
     p.add_argument("--version", action="version", version=f"dipgo {__version__}")
@@ -386,24 +469,27 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--steps", type=int, default=50, help="num_inference_steps the schedule is for")
     prune.add_argument("--scheduler", default="ddim", help="ddim, pndm (PLMS), dpm++, euler")
     prune.add_argument("--out", default="schedule.json")
-    prune.add_argument("--iterations", type=int, default=150)
-    prune.add_argument("--batch", type=int, default=4, help="images per search iteration")
-    prune.add_argument("--references", type=int, default=0, help="full-model images sampled once and drawn from "
-                       "every iteration (0: fresh ones each iteration)")
+    prune.add_argument("--effort", default="default", choices=("quick", "default", "thorough"),
+                       help="the cost of every stage (search iterations, held-out sampling runs): quick for a "
+                       "first look, default, thorough for a release")
+    prune.add_argument("--iterations", type=int, default=None, help="search iterations (default: the effort's)")
+    prune.add_argument("--evaluations", "--refine", dest="evaluations", type=int, default=None, metavar="N",
+                       help="held-out sampling runs for selection and refinement (default: the effort's)")
+    prune.add_argument("--held-out", type=int, default=None, metavar="N",
+                       help="images per held-out sampling run (default: the effort's)")
+    prune.add_argument("--batch", type=int, default=None, help="images per search iteration (default: the "
+                       "effort's)")
     prune.add_argument("--lr", type=float, default=None, help="pruner learning rate (default 0.1; 0.02 when "
                        "several ratios share one search)")
-    prune.add_argument("--loss", default="ssim", help="consistency loss: ssim (1 - SSIM), l1, l2")
-    prune.add_argument("--init", default="keep", help="keep (start from the full model) or uniform")
+    prune.add_argument("--loss", default=None, choices=("ssim", "l1", "l2"),
+                       help="consistency loss of the search (default ssim: 1 - SSIM)")
     prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
-    prune.add_argument("--granularity", default="coarse", help="coarse (whole UNet blocks) or fine (resnets, "
-                       "attentions, resamplers)")
+    prune.add_argument("--granularity", default=None, choices=("coarse", "fine"),
+                       help="coarse (whole UNet blocks, default) or fine (resnets, attentions, resamplers)")
     prune.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
-                       help="recompute each call in backward: ~half the memory, ~1.5x the time "
+                       help="recompute each call in backward: about half the memory for about 1.5x the time "
                        "(auto: on for denoisers over 100M parameters)")
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
-    prune.add_argument("--refine", type=int, default=0, metavar="N",
-                       help="after the search, refine each schedule by a local search of N sampling runs on "
-                       "held-out images (0: off; the bench uses 600)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
     prune.add_argument("--seed", type=int, default=0)
@@ -418,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="sample a grid of images (balanced over the conditions)")
     sample.add_argument("model", help="zoo name, diffusers folder or hub id")
     sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
-    sample.add_argument("--compare", action="store_true", help="with --schedule: full model above, dipgo below")
+    sample.add_argument("--compare", action="store_true", help="with --schedule: three rows, the full model, "
+                        "dipgo, and fewer steps at the same MACs, each labelled with its PSNR against the full model")
     sample.add_argument("--n", "--num-images", dest="n", type=int, default=20, help="number of images")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50; "
@@ -450,34 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(ev)
     ev.set_defaults(fn=cmd_eval)
 
-    lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
-                         "distillation); writes a pipeline folder")
-    lay.add_argument("model", help="zoo name, diffusers folder or hub id")
-    lay.add_argument("--ratio", type=float, default=None, help="removed share of the denoiser's parameters (or MACs "
-                     "with --by macs), in (0, 1)")
-    lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
-    lay.add_argument("--by", default="params", choices=("params", "macs"))
-    lay.add_argument("--method", default="knapsack", choices=("knapsack", "greedy"))
-    lay.add_argument("--retrain-steps", type=int, default=0, help="distillation steps (0: one-shot)")
-    lay.add_argument("--scores", action="store_true", help="only print every candidate layer's score")
-    _distillation_args(lay)
-    lay.set_defaults(fn=cmd_layers)
-
-    dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
-                         "writes a pipeline folder")
-    dep.add_argument("model", help="zoo name, diffusers folder or hub id")
-    dep.add_argument("--ratio", type=float, default=None, help="share of the candidate blocks to merge (or of the "
-                     "MACs / params merging saves, with --by), in (0, 1)")
-    dep.add_argument("--by", default="depth", choices=("depth", "macs", "params"))
-    dep.add_argument("--mode", default="progressive", choices=("progressive", "abrupt", "remove"),
-                     help="progressive UPDP (default), abrupt linearisation, or plain block removal; with "
-                     "thousands of training steps abrupt was as good or better on the zoo's DiT")
-    dep.add_argument("--train-steps", type=int, default=0, help="distillation steps (0: no training)")
-    dep.add_argument("--ramp", type=float, default=0.5, help="share of the training over which the blend factor "
-                     "ramps 0 -> 1 (progressive)")
-    dep.add_argument("--scores", action="store_true", help="only print every candidate block's score and savings")
-    _distillation_args(dep)
-    dep.set_defaults(fn=cmd_depth)
+    _layers_parser(sub)
+    _depth_parser(sub)
 
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
     bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")
@@ -492,15 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", "--num-images", dest="n", type=int, default=None,
                        help="images per point (--num-images under torchrun)")
     bench.add_argument("--batch", type=int, default=None)
-    bench.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench)")
+    bench.add_argument("--out", default=None, help="output folder (default out/bench)")
     bench.add_argument("--floor-psnr", type=float, default=None, help="NTIRE ranking floor: PSNR vs full (dB), "
                        "default 30")
     bench.add_argument("--floor-fid", type=float, default=None, help="NTIRE ranking floor: FID at most this much "
                        "worse than the full model's (relative), default 0.10")
-    bench.add_argument("--refine", type=int, default=None, metavar="N",
-                       help="refine each dipgo schedule by a held-out local search of N sampling runs (default 0: "
-                       "off, the uniform fallback instead)")
-    bench.add_argument("--search-only", action="store_true", help="only run the missing DiP-GO searches (e.g. one "
+    bench.add_argument("--effort", default=None, choices=("quick", "default", "thorough"),
+                       help="the effort of each dipgo point's pruning pipeline, as `dipgo prune --effort` "
+                       "(default: default)")
+    bench.add_argument("--search-only", "--prune-only", dest="search_only", action="store_true",
+                       help="only run the missing dipgo prunes (e.g. one "
                        "process per model, in parallel, before the timed run)")
     bench.add_argument("--report-only", default=None, metavar="JSON",
                        help="re-write the Markdown table and the plot from a bench JSON without measuring")

@@ -27,10 +27,8 @@ from tqdm.auto import tqdm
 from ..errors import DipgoError
 from ..models.adapters import effective_keep
 from ..models.calibration import Calibration
-from ..models.pipelines import generate
-from ..models.similarity import psnr
-from .apply import apply, remove
-from .fallback import HELD_OUT_SEED
+from .driver import PipelineSampler
+from .heldout import HELD_OUT_SEED, held_out_images, held_out_psnr
 from .postprocess import pruned_ratio, schedule_at_ratio, schedule_from_mask
 from .schedule import Schedule
 from .search import uniform_mask
@@ -41,7 +39,7 @@ class RefineConfig:
     """``evaluations``: sampling runs the climb may spend (repairs included); ``n``: held-out images per run;
     ``tol``: how far below ``ratio`` the pruned MACs share may land (the post-processing's window)."""
 
-    evaluations: int = 600  # what the bench uses: 300-run climbs at one point spread by 1 dB
+    evaluations: int = 400
     n: int = 16
     tol: float = 0.0125
     repair_candidates: int = 16
@@ -69,23 +67,16 @@ class Refined:
     evaluations: int = 0
 
 
-class _Scorer:
+class Scorer:
     """Held-out PSNR of a mask: one sampling run of ``n`` images with the mask's schedule applied."""
 
-    def __init__(self, pipe, result, calibration: Calibration, n: int, guidance_scale: float | None,
-                 budget: int, progress: bool):
-        self.pipe, self.result = pipe, result
+    def __init__(self, sampler, result, n: int, budget: int, progress: bool, desc: str = "refining",
+                 full: torch.Tensor | None = None):
+        self.sampler, self.result = sampler, result
         self.steps = result.config.num_inference_steps
-        self.conditions = calibration.cycle(n)
-        self.calibration, self.guidance, self.n = calibration, guidance_scale, n
-        self.evaluations, self.budget = 0, budget
-        self.bar = tqdm(total=budget, desc="refining", disable=not progress, dynamic_ncols=True)
-        with torch.no_grad():
-            self.full = self._images()
-
-    def _images(self) -> torch.Tensor:
-        return generate(self.pipe, self.calibration, self.conditions, seed=HELD_OUT_SEED,
-                        num_inference_steps=self.steps, guidance_scale=self.guidance, batch_size=self.n)
+        self.n, self.evaluations, self.budget = n, 0, budget
+        self.bar = tqdm(total=budget, desc=desc, disable=not progress, dynamic_ncols=True)
+        self.full = held_out_images(sampler, n) if full is None else full
 
     def schedule(self, mask: torch.Tensor, meta: dict | None = None) -> Schedule:
         r, m = self.result, self.result.meta
@@ -102,12 +93,7 @@ class _Scorer:
         if self.evaluations > self.bar.total:  # every start is measured once, even past the budget
             self.bar.total = self.evaluations
         self.bar.update(1)
-        apply(self.pipe, self.schedule(mask))
-        try:
-            with torch.no_grad():
-                return float(psnr(self._images(), self.full, cap=100.0).mean())
-        finally:
-            remove(self.pipe)
+        return held_out_psnr(self.sampler, self.schedule(mask), self.full)
 
 
 def _cascade(keep: torch.Tensor, graph) -> torch.Tensor:
@@ -221,72 +207,95 @@ def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dic
     return out
 
 
-def refine(pipe, result, ratio: float, calibration: Calibration, config: RefineConfig | None = None,
-           guidance_scale: float | None = None, progress: bool = True) -> Refined:
+def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
+                    result, rng: random.Random) -> dict[str, float]:
+    """Repair every start to the budget (or spend its slack), then its held-out PSNR; updates ``starts``."""
+    values: dict[str, float] = {}
+    for name, mask in list(starts.items()):
+        if not fits(mask):
+            mask = _repair(mask, ratio, score, cfg, result, rng)
+        values[name] = score(mask)
+        starts[name], values[name] = _grow(mask, values[name], ratio, score, cfg, result, rng)
+    return values
+
+
+def _sweep(best: torch.Tensor, value: float, fits, score: Scorer, graph,
+           history: list[float]) -> tuple[torch.Tensor, float]:
+    """Every shift of a call's computed blocks by 1 or 2 calls, the best one taken, until none helps: the
+    search's luck matters less than with random proposals alone."""
+    calls = best.shape[0]
+    while score.left > 0:
+        trials = []
+        for i in sorted({c for c, _ in (best[1:] > 0.5).nonzero().tolist()}):
+            for k in (i + 1 + d for d in (-2, -1, 1, 2)):
+                if 1 <= k < calls:
+                    trial = _cascade(_shift_call(best, i + 1, k), graph)
+                    if not torch.equal(trial, best) and fits(trial):
+                        trials.append(trial)
+        scored, running = [], value
+        for trial in trials:
+            if score.left <= 0:
+                break
+            scored.append((score(trial), trial))
+            running = max(running, scored[-1][0])
+            history.append(running)
+        top = max(scored, key=lambda x: x[0], default=None)
+        if top is None or top[0] <= value + 1e-3:
+            break
+        value, best = top
+    return best, value
+
+
+def _climb(best: torch.Tensor, value: float, fits, score: Scorer, cfg: RefineConfig, graph, rng: random.Random,
+           history: list[float]) -> tuple[torch.Tensor, float]:
+    """Random moves (:func:`_propose`), each kept when the held-out PSNR rises, until the budget is spent."""
+    tries = 0
+    while score.left > 0 and tries < 50 * max(1, cfg.evaluations):
+        tries += 1
+        keep = _propose(best, cfg, rng)
+        if keep is None:
+            continue
+        trial = _cascade(keep, graph)
+        if torch.equal(trial, best) or not fits(trial):
+            continue
+        trial_value = score(trial)
+        if trial_value > value + 1e-3:
+            best, value = trial, trial_value
+        history.append(value)
+    return best, value
+
+
+def refine(target, result, ratio: float, calibration: Calibration | None = None, config: RefineConfig | None = None,
+           guidance_scale: float | None = None, progress: bool = True, scorer: Scorer | None = None,
+           simple_only: bool = False) -> Refined:
     """The best schedule found at pruned MACs share >= ``ratio - tol``, by held-out PSNR; see the module
-    docstring. ``result`` is a :class:`~dipgo.cache.search.SearchResult` of this pipeline."""
+    docstring. ``target`` is a pipeline (run with ``calibration`` and ``guidance_scale``) or a sampler of
+    :mod:`dipgo.cache.driver`; ``result`` is a :class:`~dipgo.cache.search.SearchResult` of it.
+    ``simple_only`` leaves the searched schedule out of the starts (to measure what the search adds)."""
     cfg = config or RefineConfig()
     if not 0.0 < ratio < 1.0:
         raise DipgoError(f"ratio must be in (0, 1), got {ratio}")
     rng = random.Random(cfg.seed)
     graph, profile = result.graph, result.profile
-    calls, blocks = result.scores.shape
 
     def fits(mask: torch.Tensor) -> bool:
         return pruned_ratio(mask, profile) >= ratio - cfg.tol
 
-    score = _Scorer(pipe, result, calibration, cfg.n, guidance_scale, cfg.evaluations, progress)
+    sampler = target if hasattr(target, "profile_call") else PipelineSampler(
+        target, calibration, result.config.num_inference_steps, guidance_scale)
+    score = scorer or Scorer(sampler, result, cfg.n, cfg.evaluations, progress)
     try:
-        starts: dict[str, torch.Tensor] = {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
-        starts.update(_simple_starts(calls, blocks, graph, profile, ratio - cfg.tol))
-        values: dict[str, float] = {}
-        for name, mask in list(starts.items()):
-            if not fits(mask):
-                mask = _repair(mask, ratio, score, cfg, result, rng)
-            values[name] = score(mask)
-            starts[name], values[name] = _grow(mask, values[name], ratio, score, cfg, result, rng)
+        starts = {} if simple_only else {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
+        starts.update(_simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol))
+        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng)
         start = max(values, key=lambda k: (values[k], k == "search"))
-        best, best_value = starts[start], values[start]
-        history = [best_value]
-        # Sweeps first: every shift of a call's computed blocks by 1 or 2 calls, the best one taken, until
-        # none helps; the search's luck matters less than with random proposals alone.
-        while score.left > 0:
-            trials = []
-            for i in sorted({c for c, _ in (best[1:] > 0.5).nonzero().tolist()}):
-                for d in (-2, -1, 1, 2):
-                    k = i + 1 + d
-                    if 1 <= k < calls:
-                        trial = _cascade(_shift_call(best, i + 1, k), graph)
-                        if not torch.equal(trial, best) and fits(trial):
-                            trials.append(trial)
-            scored, running = [], best_value
-            for trial in trials:
-                if score.left <= 0:
-                    break
-                scored.append((score(trial), trial))
-                running = max(running, scored[-1][0])
-                history.append(running)
-            top = max(scored, key=lambda x: x[0], default=None)
-            if top is None or top[0] <= best_value + 1e-3:
-                break
-            best_value, best = top
-        tries = 0
-        while score.left > 0 and tries < 50 * max(1, cfg.evaluations):
-            tries += 1
-            keep = _propose(best, cfg, rng)
-            if keep is None:
-                continue
-            trial = _cascade(keep, graph)
-            if torch.equal(trial, best) or not fits(trial):
-                continue
-            value = score(trial)
-            if value > best_value + 1e-3:
-                best, best_value = trial, value
-            history.append(best_value)
+        history = [values[start]]
+        best, value = _sweep(starts[start], values[start], fits, score, graph, history)
+        best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
     finally:
         score.bar.close()
     schedule = score.schedule(best, meta={"method": "dipgo refined", "refine": {
-        "start": start, "held_out_psnr": round(best_value, 3), "starts": {k: round(v, 3) for k, v in values.items()},
+        "start": start, "held_out_psnr": round(value, 3), "starts": {k: round(v, 3) for k, v in values.items()},
         "evaluations": score.evaluations, "n": cfg.n, "seed": HELD_OUT_SEED}})
     schedule.requested_ratio = ratio
-    return Refined(schedule, start, best_value, values, history, score.evaluations)
+    return Refined(schedule, start, value, values, history, score.evaluations)

@@ -13,7 +13,6 @@ cond and uncond share the call; pipelines that call cond and uncond separately u
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,31 +21,28 @@ import torch
 
 from ..errors import DipgoError
 from ..fileio import atomic_path
+from ..models.identity import config_hash
 
 SCHEMA_VERSION = 1
 
 
+def _pipeline_lines(rec: dict | None) -> list[str]:
+    """How the pruning pipeline chose this schedule: its candidates on held-out images and the comparison."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("candidates"), dict):
+        return []
+    held = rec.get("held_out") or {}
+    lines = [f"chosen on {held.get('n')} held-out images (seeds from {held.get('seed')}), {rec.get('effort')} effort; "
+             "candidates after reaching the budget (PSNR vs the full model):"]
+    lines += [f"  {k:<16} {v:6.2f} dB{'  <- best start, then refined' if k == rec.get('winner') else ''}"
+              for k, v in rec["candidates"].items()]
+    c = rec.get("compared")
+    lines.append(f"result: {rec.get('psnr', float('nan')):.2f} dB"
+                 + (f"; {c['label']} at {c['macs_speedup']:.2f}x fewer MACs: {c['psnr']:.2f} dB" if c else ""))
+    return lines
+
+
 class ScheduleError(DipgoError):
     """A schedule file that is corrupt, or that does not fit the pipeline it is applied to."""
-
-
-def config_hash(model: torch.nn.Module) -> str:
-    """A short hash of a model's architecture: its config (weights and file paths excluded) and the layers
-    layer pruning removed from it, if any."""
-    config = getattr(model, "config", None)
-    if config is None:
-        desc = {"class": type(model).__name__,
-                "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    else:
-        desc = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    removed = getattr(model, "_dipgo_removed", None)
-    if removed:  # a layer-pruned model is another architecture than its config says
-        desc["_dipgo_removed"] = sorted(removed)
-    merged = getattr(model, "_dipgo_merged", None)
-    if merged:  # a depth-pruned model: these blocks were merged into single ops
-        desc["_dipgo_merged"] = sorted(merged)
-    blob = json.dumps(desc, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass
@@ -200,6 +196,7 @@ class Schedule:
             lines.append(f"MACs per image: {self.macs / 1e9:.3f} G of {self.macs_full / 1e9:.3f} G "
                          f"({self.macs_full / self.macs:.2f}x fewer, "
                          f"pruned ratio {1 - self.macs / self.macs_full:.3f})")
+        lines += _pipeline_lines(self.meta.get("pipeline"))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ files

@@ -474,10 +474,10 @@ class Search:
             p.requires_grad_(False)
         return list(params.values())
 
-    def run(self, progress: bool = True) -> SearchResult:
+    def run(self, progress: bool = True, desc: str = "DiP-GO search") -> SearchResult:
         frozen = self._frozen()
         att = attach(self.denoiser, self.modules, self.graph.modes)
-        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc="DiP-GO search",
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc=desc,
                    disable=not (progress and self.world.main), dynamic_ncols=True)
         try:
             if self.cfg.references and self.pool is None and self.iteration < self.cfg.iterations:

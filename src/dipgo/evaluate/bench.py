@@ -3,8 +3,9 @@
 For each model and base step count (DDIM): the full model once, then for each MACs budget (2x, 3x,
 4.4x fewer by default) each method configured to land as close to the budget as it can:
 
-* **dipgo** — a schedule at ratio 1 - 1/budget from a search at that budget
-  (``benchmarks/results/bench/searches/``; searched if missing, see :func:`search_for_budget`);
+* **dipgo** — the schedule ``dipgo prune --ratio 1-1/budget --effort E`` writes: the same pruning
+  pipeline users run (:mod:`dipgo.cache.pipeline`), kept under ``OUT/schedules`` and reused
+  (see :func:`dipgo_for_budget`);
 * **fewer steps** — ``round(base / budget)`` steps of the same scheduler;
 * **DeepCache** (uniform) and **DeepCache non-uniform** — the interval whose MACs are closest to the
   budget, skip branch 0 (on transformers: FORA-style, every block reused between full calls);
@@ -29,8 +30,8 @@ from pathlib import Path
 import torch
 
 from .. import zoo
-from ..cache.postprocess import schedule_at_ratio
-from ..cache.search import Search, SearchConfig, load_result, save_result
+from ..cache.pipeline import EFFORTS, PruneConfig, prune_schedules
+from ..cache.schedule import Schedule
 from ..dist import world
 from ..errors import DipgoError
 from ..fileio import atomic_path
@@ -41,21 +42,6 @@ from .baselines import Applied, AppliedSchedule, DeepCache, FewerSteps, FirstBlo
 from .evaluation import Evaluator, Judge, compare
 
 FAMILIES = ("dipgo", "fewer steps", "DeepCache", "DeepCache non-uniform", "FBCache")
-# One search per (model, base, budget), from both initialisations (everything kept, as the paper; and
-# the fewer-steps schedule at the budget); the one with the lower consistency loss over its last 10
-# iterations (its own random samples, not the evaluation seeds) is used. Measured on the zoo's SD model, DDIM-20:
-# scores from one search at ratio 0.78 thresholded to 2x gave 28.6 dB PSNR against 32.8 dB for a search
-# at 2x, so one search per budget it is.
-SEARCH_ITERATIONS = 60
-INITS = ("keep", "uniform")
-
-
-def search_batch(pipe, base: int) -> int:
-    """Images per search iteration: 4 for a UNet at <= 20 steps (cheap unrolled runs), else 2 (the zoo's
-    DiT calls cost 4x the UNet's)."""
-    return 4 if hasattr(denoiser_of(pipe), "up_blocks") and base <= 20 else 2
-
-
 @dataclass
 class BenchConfig:
     models: list[str] = field(default_factory=lambda: zoo.zoo_names())
@@ -65,12 +51,11 @@ class BenchConfig:
     n: int = 256
     batch: int = 32
     seed: int = 0
-    out: str = "benchmarks/results/bench"
-    searches: str = "benchmarks/results/bench/searches"
+    out: str = "out/bench"
+    schedules: str | None = None  # where each dipgo point's schedule is kept and reused (default OUT/schedules)
     tag: str = "bench"
-    search_only: bool = False  # run the missing DiP-GO searches and stop (they can run in parallel processes)
-    fallback: bool = True      # dipgo points: keep the uniform schedule where it beats the search (held out)
-    refine: int = 0            # dipgo points: held-out local search with this many sampling runs (0: off)
+    search_only: bool = False  # run the missing dipgo prunes and stop (they can run in parallel processes)
+    effort: str = "default"    # dipgo points: the pruning pipeline's effort, exactly as `dipgo prune --effort`
     bracket: bool = True       # measure the baseline settings that bracket each dipgo point's MACs (target check)
     floor_psnr: float = 30.0   # the NTIRE-style ranking's quality floor: PSNR vs the full model (dB) ...
     floor_fid: float = 0.10    # ... and FID at most this much worse than the full model's (relative)
@@ -91,8 +76,10 @@ class BenchConfig:
         if any(b < 2 for b in self.bases):
             raise DipgoError(f"base step counts must be >= 2, got {self.bases}")
         parse_dtype(self.dtype)
-        if self.refine < 0:
-            raise DipgoError(f"refine is a number of held-out sampling runs (>= 0), got {self.refine}")
+        if self.effort not in EFFORTS:
+            raise DipgoError(f"unknown effort {self.effort!r}; choose one of {', '.join(EFFORTS)}")
+        if self.schedules is None:
+            self.schedules = str(Path(self.out) / "schedules")
         if self.scheduler not in SCHEDULERS:
             raise DipgoError(f"unknown scheduler {self.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
 
@@ -113,32 +100,6 @@ def scheduler_tag(scheduler: str) -> str:
 def scheduler_label(scheduler: str | None) -> str:
     """How tables name a sampler: DDIM, PLMS, DPM++, Euler."""
     return {"pndm": "PLMS", "dpmpp": "DPM++", "euler": "Euler"}.get(scheduler_tag(scheduler or "ddim"), "DDIM")
-
-
-def search_for_budget(pipe, model: str, base: int, guidance: float, budget: float, directory: str | Path,
-                      progress: bool = True, calibration=None, scheduler: str = "ddim") -> tuple:
-    """The DiP-GO search result for one budget: each initialisation loaded if saved, else searched
-    (resumable) and saved; returns ``(result, info)`` for the one with the lower final consistency."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    found = []
-    for init in INITS:
-        path = directory / f"{model}-{scheduler_tag(scheduler)}{base}-x{budget:g}-{init}.json"
-        if not path.exists():
-            cfg = SearchConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
-                               iterations=SEARCH_ITERATIONS, batch=search_batch(pipe, base), init=init)
-            ckpt = path.with_name(path.name + ".search.pt")
-            result = Search(pipe, cfg, checkpoint_path=ckpt, calibration=calibration).run(progress=progress)
-            if world().main:  # the other ranks hold the same result; rank 0 writes it
-                save_result(result, path)
-                ckpt.unlink(missing_ok=True)
-            world().barrier()
-        data = json.loads(path.read_text())
-        found.append((data["final_consistency"], init, path, data["seconds"]))
-    best = min(found)
-    info = {"init": best[1], "seconds": sum(f[3] for f in found),
-            "final_consistency": {f[1]: f[0] for f in found}}
-    return load_result(best[2], pipe), info
 
 
 def _closest(candidates: list, budget: float, speedup) -> object:
@@ -249,17 +210,16 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
                     rec = compare(ev, full, full, dict(q_full, psnr_vs_full=100.0, ssim_vs_full=1.0), q_full)
                     records.append(dict(rec, model=model, base=base, family="full", budget=1.0))
                 for budget in cfg.budgets:
-                    result = None
+                    schedule = None
                     if "dipgo" in cfg.families:
-                        result, info = search_for_budget(pipe, model, base, guidance, budget, cfg.searches, progress,
-                                                         calibration, cfg.scheduler)
-                        searches[f"{model}-{scheduler_tag(cfg.scheduler)}{base}-x{budget:g}"] = dict(
-                            info, iterations=result.config.iterations, batch=result.config.batch)
+                        schedule = dipgo_for_budget(pipe, model, base, guidance, budget, cfg, calibration, progress)
+                        if schedule is not None:
+                            searches[f"{model}-{scheduler_tag(cfg.scheduler)}{base}-x{budget:g}"] = \
+                                schedule.meta["pipeline"]
                     if cfg.search_only:
                         continue
                     for family in cfg.families:
-                        applied = _method(family, pipe, ev, base, guidance, budget, result, cfg.fallback,
-                                          cfg.refine)
+                        applied = _method(family, pipe, ev, base, guidance, budget, schedule)
                         if applied is None:
                             continue
                         run = ev.run(applied, progress)
@@ -324,30 +284,40 @@ def _say(model: str, scheduler: str, base: int, budget: float, label: str, rec: 
           f"wall {rec['wall_speedup']:.2f}x, FID {rec['fid']:.2f}, PSNR {rec['psnr_vs_full']:.2f}", flush=True)
 
 
-def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float, result,
-            fallback: bool = False, refine: int = 0):
+def dipgo_for_budget(pipe, model: str, base: int, guidance: float, budget: float, cfg: BenchConfig, calibration,
+                     progress: bool = True) -> Schedule | None:
+    """The dipgo point of one budget: the pruning pipeline users run (``dipgo prune --effort``), at ratio
+    ``1 - 1/budget``; its schedule is kept under ``cfg.schedules`` and reused. None if out of reach."""
+    directory = Path(cfg.schedules)
+    path = directory / f"{model}-{scheduler_tag(cfg.scheduler)}{base}-x{budget:g}-{cfg.effort}.json"
+    if path.exists():
+        return Schedule.load(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = PruneConfig(ratio=round(1 - 1 / budget, 4), num_inference_steps=base, guidance_scale=guidance,
+                         effort=cfg.effort)
+    ckpt = path.with_name(path.name + ".search.pt")
+    try:
+        pruned = prune_schedules(pipe, config, calibration=calibration, checkpoint=ckpt, progress=progress)[0]
+    except DipgoError as err:
+        if "out of reach" not in str(err):
+            raise
+        return None  # the table shows no point
+    if world().main:
+        pruned.schedule.save(path)
+        ckpt.unlink(missing_ok=True)
+    world().barrier()
+    if progress:
+        print(f"{model} {scheduler_label(cfg.scheduler)}-{base} {budget:g}x held out: {pruned.line()}", flush=True)
+    return pruned.schedule
+
+
+def _method(family: str, pipe, ev: Evaluator, base: int, guidance: float, budget: float,
+            schedule: Schedule | None = None):
     if family == "dipgo":
-        try:
-            if refine:  # subsumes the fallback: its starts include the uniform schedules
-                from ..cache.refine import RefineConfig
-                from ..cache.refine import refine as refine_schedule
-
-                done = ev.world.on_main(lambda: refine_schedule(pipe, result, 1 - 1 / budget, ev.calibration,
-                                                                RefineConfig(evaluations=refine),
-                                                                guidance_scale=guidance, progress=False))
-                schedule = done.schedule
-                tag = f" (refined from {'the search' if done.start == 'search' else done.start})"
-            elif fallback:
-                from ..cache.fallback import schedule_with_fallback
-
-                # rank 0 decides, so that every rank evaluates the same schedule
-                choice = ev.world.on_main(lambda: schedule_with_fallback(pipe, result, 1 - 1 / budget,
-                                                                         ev.calibration, guidance_scale=guidance))
-                schedule, tag = choice.schedule, "" if choice.picked == "search" else " (uniform fallback)"
-            else:
-                schedule, tag = schedule_at_ratio(result, 1 - 1 / budget), ""
-        except DipgoError:
-            return None  # budget out of the search's reach: the table shows no point
+        if schedule is None:
+            return None
+        won = schedule.meta.get("pipeline", {}).get("winner")
+        tag = f" (from {'the search' if won == 'search' else won})" if won else ""
         return AppliedSchedule(pipe, schedule, f"dipgo {schedule.macs_full / schedule.macs:.2f}x{tag}")
     if family == "fewer steps":
         return FewerSteps(max(1, round(base / budget))).bind(pipe, base, guidance)
@@ -372,7 +342,7 @@ def at_macs(points: list[dict], speedup: float, metric: str) -> tuple[float, boo
 
 
 def target_check(records: list[dict], tol: float = 0.05) -> list[dict]:
-    """Issue-4 target: at each budget, dipgo's PSNR vs full beats fewer steps' and DeepCache's, and its
+    """The target: at each budget, dipgo's PSNR vs full beats fewer steps' and DeepCache's, and its
     FID is equal or better (within ``tol``), compared at dipgo's own MACs: each baseline's PSNR and
     FID are interpolated along its measured curve (methods land near, not on, a budget)."""
     rows = []
@@ -490,12 +460,21 @@ def markdown(report: dict) -> str:
                          f"{'yes' if c['met'] else 'no'} |")
         lines.append("")
     if report.get("searches"):
-        lines += ["Searches (per model, base and budget, both initialisations; the one with the lower final "
-                  "training consistency is used): " + ", ".join(
-            f"{k}: {v['seconds']:.0f} s for two searches ({v['iterations']} iterations x {v['batch']} images), "
-            f"'{v['init']}' init chosen"
-            for k, v in report["searches"].items()) + ".", ""]
+        lines += ["dipgo points: the pruning pipeline of `dipgo prune` (search, held-out selection, refinement), "
+                  "per model, base and budget: " + "; ".join(_pipeline_note(k, v) for k, v in
+                                                           report["searches"].items()) + ".", ""]
     return "\n".join(lines)
+
+
+def _pipeline_note(key: str, rec: dict) -> str:
+    """One dipgo point's pruning: its effort, seconds per stage, the winning start and the held-out comparison."""
+    if "seconds" in rec and isinstance(rec["seconds"], dict):
+        secs = ", ".join(f"{k} {v:.0f} s" for k, v in rec["seconds"].items())
+        c = rec.get("compared") or {}
+        versus = f"; {c['label']} {c['psnr']:.2f} dB" if c else ""
+        return (f"{key} ({rec.get('effort')}: {secs}; won by {rec.get('winner')}, held-out "
+                f"{rec.get('psnr'):.2f} dB{versus})")
+    return f"{key} (search {rec.get('seconds', 0):.0f} s)"
 
 
 def pruned_entries(results: Path) -> list[dict]:

@@ -1,0 +1,256 @@
+"""The pruning pipeline behind every entry point: ``dipgo prune``, ``dipgo.prune`` (pipelines and custom
+loops) and ``dipgo bench`` all run :func:`prune_schedules`, with the same stages and defaults.
+
+1. **search**: the DiP-GO gradient search (:mod:`dipgo.cache.search`). For one budget it starts from the
+   evenly spread schedule of that budget, so it begins at a good point and moves only where its
+   gradients say a (call, block) pair matters more than another.
+2. **select**: the searched schedule and the simple schedules of the same budget (evenly spread full
+   calls, which is fewer steps on DDIM; full calls every N, which is DeepCache/FORA spacing) are each
+   brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`).
+3. **refine**: a local search from the best of them (:mod:`dipgo.cache.refine`) spends what is left of
+   the held-out budget.
+4. **compare**: fewer steps at the same MACs on the same held-out images (on a custom loop, the evenly
+   spread schedule of the same MACs), so the user sees what the schedule beats.
+
+One ``effort`` level sets the cost of all four. The schedule's metadata (``meta["pipeline"]``) records
+every candidate's held-out PSNR, which one won, the comparison and each stage's seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..dist import world
+from ..errors import DipgoError
+from ..models.similarity import psnr
+from .driver import FunctionSampler, PipelineSampler
+from .heldout import HELD_OUT_SEED, check_seeded, held_out_images, held_out_psnr
+from .postprocess import schedule_from_mask
+from .refine import RefineConfig, Scorer, refine
+from .schedule import Schedule
+from .search import Search, SearchConfig, SearchResult, uniform_mask
+
+
+@dataclass(frozen=True)
+class Effort:
+    """What one effort level spends: search iterations and images per iteration, full-model reference
+    images pooled for the search, held-out sampling runs for selection and refinement, and images per run."""
+
+    iterations: int
+    batch: int
+    references: int
+    evaluations: int
+    held_out: int
+    repair_candidates: int
+
+
+EFFORTS = {
+    "quick": Effort(iterations=30, batch=2, references=16, evaluations=120, held_out=8, repair_candidates=6),
+    "default": Effort(iterations=80, batch=4, references=32, evaluations=400, held_out=16, repair_candidates=12),
+    "thorough": Effort(iterations=250, batch=4, references=128, evaluations=1500, held_out=32, repair_candidates=16),
+}
+# Selection measures up to five starts (the search, two evenly spread and two every-N schedules) once each.
+MIN_EVALUATIONS = 8
+
+
+@dataclass
+class PruneConfig:
+    """Settings of the pruning pipeline; validated on creation, before any model work.
+
+    ``ratio``: the pruned share of the denoiser's MACs, in (0, 1); several ratios share one search.
+    ``effort``: ``quick``, ``default`` or ``thorough`` (see :data:`EFFORTS`); ``iterations``,
+    ``evaluations`` and ``held_out`` override its parts. ``search`` holds further
+    :class:`~dipgo.cache.search.SearchConfig` fields (``lr``, ``loss``, ``granularity``, ...).
+    """
+
+    ratio: float | Sequence[float] = 0.8
+    num_inference_steps: int = 50
+    effort: str = "default"
+    iterations: int | None = None
+    evaluations: int | None = None
+    held_out: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+    search: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.effort not in EFFORTS:
+            raise DipgoError(f"unknown effort {self.effort!r}; choose one of {', '.join(EFFORTS)}")
+        ratios = list(self.ratio) if isinstance(self.ratio, (list, tuple)) else [self.ratio]
+        if not ratios:
+            raise DipgoError("give at least one ratio")
+        for r in ratios:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0:
+                raise DipgoError(f"ratio must be in (0, 1) (the pruned share of MACs), got {r!r}")
+        self.ratios = tuple(float(r) for r in ratios)
+        if self.iterations is not None and self.iterations < 1:
+            raise DipgoError(f"iterations (of the search) must be >= 1, got {self.iterations}")
+        if self.evaluations is not None and self.evaluations < MIN_EVALUATIONS:
+            raise DipgoError(f"evaluations={self.evaluations} is too few to select among the candidate schedules: "
+                             f"give at least {MIN_EVALUATIONS} held-out sampling runs")
+        if self.held_out is not None and self.held_out < 1:
+            raise DipgoError(f"held_out (images per held-out run) must be >= 1, got {self.held_out}")
+        unknown = sorted(set(self.search) - set(SearchConfig.__dataclass_fields__))
+        if unknown:
+            raise DipgoError(f"unknown search setting(s) {unknown}; see dipgo.cache.search.SearchConfig")
+        self.search_config()  # the search's own checks, now rather than after loading a model
+
+    @property
+    def level(self) -> Effort:
+        return EFFORTS[self.effort]
+
+    def search_config(self) -> SearchConfig:
+        e, lo, hi = self.level, min(self.ratios), max(self.ratios)
+        base = {"ratio": hi, "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                "iterations": e.iterations if self.iterations is None else self.iterations,
+                "batch": e.batch, "references": e.references,
+                "init": "uniform", "seed": self.seed, "ratios": (lo, hi) if lo < hi else None}
+        base.update(self.search)
+        base["references"] = max(base["references"], base["batch"]) if base["references"] else 0
+        return SearchConfig(**base)
+
+    def refine_config(self) -> RefineConfig:
+        e = self.level
+        return RefineConfig(evaluations=e.evaluations if self.evaluations is None else self.evaluations,
+                            n=e.held_out if self.held_out is None else self.held_out,
+                            repair_candidates=e.repair_candidates, seed=self.seed)
+
+
+@dataclass
+class Comparison:
+    """The simple schedule a user would otherwise pick, at the same MACs, on the same held-out images."""
+
+    label: str
+    speedup: float
+    psnr: float
+
+
+def uniform_schedule(result: SearchResult, ratio: float) -> Schedule:
+    """The evenly spread schedule (whole calls computed or reused) whose pruned share is closest to
+    ``ratio``: fewer steps, expressed as a schedule of this search's calls."""
+    calls, blocks = result.scores.shape
+    m, best = result.meta, None
+    for keep in range(1, calls + 1):
+        s = schedule_from_mask(uniform_mask(calls, blocks, 1 - keep / calls), result.graph, result.profile,
+                               model_class=m["model_class"], config_hash=m["config_hash"], scheduler=m["scheduler"],
+                               num_inference_steps=result.config.num_inference_steps, cfg=m.get("cfg", 1),
+                               requested_ratio=ratio, meta={"method": "evenly spread full calls"})
+        if best is None or abs(s.achieved_ratio - ratio) < abs(best.achieved_ratio - ratio):
+            best = s
+    return best
+
+
+def _fewer_steps(sampler, schedule: Schedule, full: torch.Tensor) -> Comparison:
+    """Fewer steps of the pipeline's own scheduler, the count whose MACs are closest to the schedule's."""
+    from ..models.pipelines import num_calls
+
+    pipe, steps = sampler.pipe, schedule.num_inference_steps
+    target = schedule.macs_full / schedule.macs
+    total = num_calls(pipe, steps)
+    k = min(range(1, steps), key=lambda k: abs(math.log(total / num_calls(pipe, k) / target)))
+    fewer = PipelineSampler(pipe, sampler.calibration, k, sampler.guidance_scale, sampler.extra)
+    value = float(psnr(held_out_images(fewer, full.shape[0]), full, cap=100.0).mean())
+    return Comparison(f"{k} steps", total / num_calls(pipe, k), value)
+
+
+def compare(sampler, result: SearchResult, schedule: Schedule, full: torch.Tensor) -> Comparison:
+    """Stage 4: what the user would pick instead at the schedule's MACs."""
+    if isinstance(sampler, PipelineSampler):
+        return _fewer_steps(sampler, schedule, full)
+    even = uniform_schedule(result, schedule.achieved_ratio)
+    calls = sum(1 for row in even.steps if row)
+    return Comparison(f"evenly spread full calls ({calls} of {len(even.steps)})", even.macs_full / even.macs,
+                      held_out_psnr(sampler, even, full))
+
+
+@dataclass
+class Pruned:
+    """One budget's outcome: the schedule, its held-out PSNR, the candidates' and the comparison."""
+
+    schedule: Schedule
+    psnr: float
+    candidates: dict[str, float]
+    winner: str
+    comparison: Comparison | None
+
+    def line(self) -> str:
+        """``dipgo 3.30x: 31.2 dB | 6 steps (3.33x): 26.0 dB`` (held-out images)."""
+        s = self.schedule
+        mine = f"dipgo {s.macs_full / s.macs:.2f}x: {self.psnr:.1f} dB"
+        if self.comparison is None:
+            return mine
+        c = self.comparison
+        return f"{mine} | {c.label} ({c.speedup:.2f}x): {c.psnr:.1f} dB"
+
+
+def make_sampler(target, config: PruneConfig, *, denoiser=None, calibration=None, call_kwargs=None):
+    """The sampler that runs the user's code: a pipeline's ``__call__``, or ``sample_fn`` with ``denoiser``."""
+    if denoiser is not None or (callable(target) and not hasattr(target, "scheduler")):
+        if isinstance(target, torch.nn.Module) and denoiser is None:
+            raise DipgoError("dipgo.prune got a bare module: pass your sampling function and the module, "
+                             "dipgo.prune(sample_fn, denoiser=module, blocks=[...], ...)")
+        if denoiser is None:
+            raise DipgoError("with a sampling function, pass the module it calls: denoiser=module")
+        if calibration is not None and calibration.kind != "none":
+            raise DipgoError("a sampling function takes no prompts or class_labels: condition inside sample_fn")
+        return FunctionSampler(target, denoiser, config.num_inference_steps)
+    return PipelineSampler(target, calibration, config.num_inference_steps, config.guidance_scale, call_kwargs)
+
+
+def _select_and_refine(sampler, result: SearchResult, ratio: float, config: PruneConfig, full: torch.Tensor,
+                       progress: bool) -> Pruned:
+    rc = config.refine_config()
+    scorer = Scorer(sampler, result, rc.n, rc.evaluations, progress, desc=f"2/3 select + refine ({ratio:g})",
+                    full=full)
+    done = refine(sampler, result, ratio, config=rc, progress=progress, scorer=scorer)
+    return Pruned(done.schedule, done.psnr, done.starts, done.start, None)
+
+
+def prune_schedules(target, config: PruneConfig, *, denoiser=None, blocks: list[str] | None = None,
+                    calibration=None, call_kwargs: dict | None = None, checkpoint=None,
+                    progress: bool = True) -> list[Pruned]:
+    """Run the pipeline (see the module docstring); one :class:`Pruned` per ratio of ``config``."""
+    sampler = make_sampler(target, config, denoiser=denoiser, calibration=calibration, call_kwargs=call_kwargs)
+    w, seconds = world(), {}
+    t0 = time.perf_counter()
+    n = config.refine_config().n
+    full = w.on_main(lambda: held_out_images(sampler, n))
+    w.on_main(lambda: check_seeded(sampler, full, n))  # before the search: a failure costs seconds, not minutes
+    search = Search(sampler, config.search_config(), checkpoint_path=checkpoint, blocks=blocks)
+    if search.iteration and progress:
+        print(f"resuming the search from {checkpoint} at iteration {search.iteration}/{search.cfg.iterations}")
+    result = search.run(progress=progress, desc="1/3 search")
+    seconds["search"] = time.perf_counter() - t0
+    out = []
+    for ratio in config.ratios:
+        t1 = time.perf_counter()
+        pruned = w.on_main(lambda r=ratio: _select_and_refine(sampler, result, r, config, full, progress))
+        seconds["select_refine"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if progress and w.main:
+            print("3/3 compare: the simple schedule of the same MACs on the held-out images")
+        pruned.comparison = w.on_main(lambda p=pruned: compare(sampler, result, p.schedule, full))
+        seconds["compare"] = time.perf_counter() - t2
+        _record(pruned, config, result, dict(seconds))
+        out.append(pruned)
+    return out
+
+
+def _record(pruned: Pruned, config: PruneConfig, result: SearchResult, seconds: dict) -> None:
+    """The pipeline's story in the schedule's metadata (replacing refinement's own record)."""
+    s, c = pruned.schedule, pruned.comparison
+    refine_meta = s.meta.pop("refine", {})
+    s.meta.update(method="dipgo", guidance_scale=config.guidance_scale, calibration=result.meta.get("calibration"),
+                  pipeline={"effort": config.effort, "search": asdict(result.config) | {"ratios": result.config.ratios},
+                            "held_out": {"n": refine_meta.get("n"), "seed": HELD_OUT_SEED},
+                            "candidates": {k: round(v, 3) for k, v in pruned.candidates.items()},
+                            "winner": pruned.winner, "psnr": round(pruned.psnr, 3),
+                            "evaluations": refine_meta.get("evaluations"),
+                            "compared": None if c is None else {"label": c.label, "macs_speedup": round(c.speedup, 4),
+                                                                "psnr": round(c.psnr, 3)},
+                            "seconds": {k: round(v, 1) for k, v in seconds.items()}})
