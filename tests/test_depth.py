@@ -16,10 +16,10 @@ from dipgo.depth import depth_scores, prune_depth, ramp, save_depth
 from dipgo.depth.forms import MergedConv, MergedTransformer, PrunedForm
 from dipgo.depth.supernet import depth_candidates
 from dipgo.errors import DipgoError
-from dipgo.layers.candidates import Candidate
-from dipgo.layers.data import TrainingSet, output_of
 from dipgo.models.costs import count_macs
+from dipgo.models.data import TrainingSet, output_of
 from dipgo.models.pipelines import capture_denoiser_call, default_calibration
+from dipgo.models.surgery import Candidate
 
 FAST = dict(n_images=2, num_inference_steps=3, progress=False)
 
@@ -36,7 +36,7 @@ def _sd():
 
 def _data(pipe, n=8) -> TrainingSet:
     """A tiny training set of random latents with the calibration conditioning (fast, deterministic)."""
-    from dipgo.layers.data import conditional_kwargs
+    from dipgo.models.data import conditional_kwargs
 
     cal = default_calibration(pipe)
     g = torch.Generator().manual_seed(0)
@@ -109,7 +109,7 @@ def test_wrong_base_is_refused(tmp_path):
 
 
 def test_merged_model_refuses_the_unpruned_schedule():
-    from dipgo.cache.schedule import config_hash
+    from dipgo.models.identity import config_hash
 
     res = prune_depth(_dit(), 0.5, train_steps=0, **FAST)
     assert config_hash(res.pipe.transformer) != config_hash(_dit().transformer)
@@ -133,7 +133,7 @@ def test_bad_ratios_and_modes():
 def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     """Progressive: the blend factor comes from the step, so a run killed after its step-2 checkpoint and
     started again equals an uninterrupted one."""
-    import dipgo.layers.distill as distill_mod
+    import dipgo.models.distill as distill_mod
 
     pipe, data = _dit(), _data(_dit())
     scored = depth_scores(pipe, **FAST)
@@ -210,7 +210,7 @@ def test_depth_cli(tmp_path, capsys):
 
 
 def test_depth_ratio_takes_exactly_the_share_of_blocks():
-    from dipgo.layers.select import select
+    from dipgo.models.select import select
 
     cands = [Candidate(f"b{i}", "resnet", 1, 1, 1) for i in range(14)]
     scores = {c.name: float(i) for i, c in enumerate(cands)}

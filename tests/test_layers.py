@@ -13,13 +13,14 @@ from families import FAMILIES
 from dipgo.cli import main
 from dipgo.errors import DipgoError
 from dipgo.layers import layer_scores, load_pruned, prune_layers, save_pruned
-from dipgo.layers.candidates import Candidate, candidate_names, candidates, remove_layers, removed
+from dipgo.layers.candidates import candidates, removed
 from dipgo.layers.criteria import additivity, handcrafted_order, spearman
-from dipgo.layers.data import capture_calls, output_of
-from dipgo.layers.select import select
 from dipgo.models.calibration import Calibration
 from dipgo.models.costs import count_macs
+from dipgo.models.data import capture_calls, output_of
 from dipgo.models.pipelines import capture_denoiser_call, default_calibration
+from dipgo.models.select import select
+from dipgo.models.surgery import Candidate, candidate_names, remove_layers
 
 PROMPTS = Calibration.prompts(["a red cube", "a blue ball"])
 
@@ -137,7 +138,7 @@ def test_prune_save_load_round_trip(sd, tmp_path):
 
 
 def test_remove_twice_and_schedule_hash(sd):
-    from dipgo.cache.schedule import config_hash
+    from dipgo.models.identity import config_hash
 
     unet = copy.deepcopy(sd.unet)
     before = config_hash(unet)
@@ -170,7 +171,7 @@ def test_default_calibration_for_layers_is_generic(sd):
 
 def test_retraining_end_to_end_and_zoo_data(sd, sd_pipe, tmp_path):
     from dipgo import zoo
-    from dipgo.layers.data import teacher_set
+    from dipgo.models.data import teacher_set
 
     data = teacher_set(sd, PROMPTS, n=4, num_inference_steps=3, guidance_scale=2.0, batch=4, progress=False,
                        height=16, width=16)

@@ -9,9 +9,9 @@ from diffusers import DDPMScheduler
 from families import FAMILIES
 
 from dipgo.errors import DipgoError
-from dipgo.layers.candidates import candidate_names, remove_layers
-from dipgo.layers.data import TrainingSet
-from dipgo.layers.distill import DistillConfig, distill, distilled_features, feature_layers, learning_rate
+from dipgo.models.data import TrainingSet
+from dipgo.models.distill import DistillConfig, distill, distilled_features, feature_layers, learning_rate
+from dipgo.models.surgery import candidate_names, remove_layers
 
 N = 8
 
@@ -205,7 +205,7 @@ def test_ema_ends_with_the_average_and_resumes_exactly(unet, tmp_path):
 
 # ---------------------------------------------------------------- the unconditional branch (classifier-free guidance)
 def test_unconditional_kwargs_are_what_the_guided_pipeline_feeds_its_other_branch():
-    from dipgo.layers.data import conditional_kwargs, unconditional_kwargs
+    from dipgo.models.data import conditional_kwargs, unconditional_kwargs
     from dipgo.models.pipelines import default_calibration
 
     sd = FAMILIES["sd"]()
@@ -258,7 +258,7 @@ def test_distillation_teaches_the_unconditional_branch(dit, p_uncond):
 
 
 def test_with_unconditional_keeps_a_given_one_and_finds_it_otherwise(dit):
-    from dipgo.layers.data import with_unconditional
+    from dipgo.models.data import with_unconditional
     from dipgo.models.pipelines import default_calibration
 
     _, _, data, _ = dit

@@ -12,8 +12,6 @@ Layout (imports run one way, down): ``cli`` -> ``evaluate`` -> ``zoo`` -> ``dept
 shares) -> ``errors``/``fileio``.
 """
 
-__version__ = "0.2.0"
-
 from .api import apply, is_applied, prune, remove, summary  # noqa: E402
 from .cache.postprocess import schedule_at_ratio  # noqa: E402
 from .cache.schedule import Schedule, ScheduleError  # noqa: E402
@@ -21,6 +19,7 @@ from .depth.io import load_pruned  # noqa: E402
 from .errors import DipgoError  # noqa: E402
 from .malloc import tune_malloc  # noqa: E402
 from .models.calibration import Calibration  # noqa: E402
+from .version import __version__ as __version__
 
 __all__ = ["apply", "remove", "summary", "prune", "is_applied", "schedule_at_ratio", "Schedule",
            "ScheduleError", "DipgoError", "Calibration", "load_pruned", "tune_malloc"]

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .errors import DipgoError
+from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,6 @@ _WORLD: World | None = None
 
 def versions() -> dict:
     """What must agree across ranks for them to compute the same thing."""
-    from . import __version__
-
     found = {"dipgo": __version__, "torch": torch.__version__}
     try:
         import diffusers

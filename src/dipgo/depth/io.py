@@ -3,7 +3,7 @@
 The folder is a normal ``save_pretrained`` folder plus ``dipgo-depth.json``: which blocks were merged and
 the shape of each merged op, and the hash of the architecture they came from. ``load_pruned`` builds the
 stock denoiser from its config, swaps the same blocks for empty merged ops and loads the weights
-strictly; a layer-pruned folder (``dipgo-layers.json``) is loaded by layer pruning's loader.
+strictly; a layer-removed folder (``dipgo-layers.json``) is loaded by :func:`dipgo.models.folders.load_pruned`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from ..errors import DipgoError
-from ..layers.candidates import _swap
-from ..layers.io import INFO as LAYERS_INFO
-from ..layers.io import load_edited, read_info, write_info
-from ..layers.io import load_pruned as load_layers
+from ..models.folders import INFO as LAYERS_INFO
+from ..models.folders import load_edited, read_info, write_info
+from ..models.folders import load_pruned as load_layers
 from ..models.pipelines import denoiser_of
+from ..models.surgery import swap
 from .forms import MERGED, MergedConv, MergedDepthwisePoint, MergedLinear, MergedTransformer
 
 INFO = "dipgo-depth.json"
@@ -26,11 +26,11 @@ FORMAT, VERSION = "dipgo-depth", 1
 
 
 def save_depth(pipe, folder: str | Path, info: dict | None = None) -> Path:
-    """Save a pipeline whose denoiser has merged blocks (``prune_depth``), with what was merged."""
+    """Save a pipeline whose denoiser has merged blocks (:func:`dipgo.depth.prune`), with what was merged."""
     merged = dict(getattr(denoiser_of(pipe), "_dipgo_merged", {}) or {})
     if not merged:
         raise DipgoError("this pipeline's denoiser has no merged blocks; a mode='remove' result saves with "
-                         "dipgo.layers.save_pruned, an unpruned one with pipe.save_pretrained")
+                         "dipgo.models.folders.save_pruned, an unpruned one with pipe.save_pretrained")
     return write_info(pipe, Path(folder), INFO, {"format": FORMAT, "version": VERSION, "merged": merged,
                                                  **(info or {})})
 
@@ -59,7 +59,7 @@ def merge_specs(model: nn.Module, merged: dict[str, dict]) -> nn.Module:
             stock = model.get_submodule(name)
         except AttributeError as err:
             raise DipgoError(f"the base model has no block {name!r}: the base model does not match") from err
-        _swap(model, name, build_merged(stock, spec))
+        swap(model, name, build_merged(stock, spec))
     model._dipgo_merged = dict(merged)
     return model
 

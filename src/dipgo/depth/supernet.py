@@ -4,7 +4,7 @@ frozen norms calibrated, a blend factor ``lam`` to ramp, and the final merge int
 Which blocks: every block with a pruned form, in execution order (a UNet's resnets, a transformer's
 blocks), or the names you give. Which of them to linearise for a budget: :func:`linearise_scores`, the
 training-free criterion (the output loss of linearising each block alone, abruptly), then the same exact
-knapsack as layer pruning (``layers.select``).
+knapsack as layer pruning (:func:`dipgo.models.select.select`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import DipgoError
-from ..layers.candidates import Candidate, _swap, candidate_names
-from ..layers.data import CallSet
 from ..models.costs import count_macs, count_params
+from ..models.data import CallSet
+from ..models.surgery import Candidate, candidate_names, swap
 from .forms import PrunedForm, has_form, pruned_form
 
 
@@ -60,7 +60,7 @@ def linearise(model: nn.Module, names: list[str]) -> dict[str, PrunedForm]:
         if isinstance(module, PrunedForm):
             raise DipgoError(f"block {n} is already linearised")
         forms[n] = pruned_form(module)
-        _swap(model, n, forms[n])
+        swap(model, n, forms[n])
     model._dipgo_linearised = sorted(set(getattr(model, "_dipgo_linearised", [])) | set(names))
     return forms
 
@@ -96,7 +96,7 @@ def merge(model: nn.Module, forms: dict[str, PrunedForm]) -> dict[str, dict]:
     specs = {}
     for n, form in forms.items():
         merged = form.merge()
-        _swap(model, n, merged)
+        swap(model, n, merged)
         specs[n] = merged.spec()
     model._dipgo_merged = {**getattr(model, "_dipgo_merged", {}), **specs}
     model._dipgo_linearised = [n for n in getattr(model, "_dipgo_linearised", []) if n not in specs]

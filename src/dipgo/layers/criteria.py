@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DipgoError
-from .candidates import Candidate, _removed_form, removed
-from .data import CallSet, output_of
+from ..models.data import CallSet, output_of
+from ..models.surgery import Candidate, removed_form
+from .candidates import removed
 
 CRITERIA = ("output", "magnitude", "similarity", "handcrafted")
 
@@ -52,7 +53,7 @@ def similarity_scores(model: torch.nn.Module, calls: CallSet, cands: list[Candid
     handles = []
     for c in cands:
         module = model.get_submodule(c.name)
-        bypass = _removed_form(module)
+        bypass = removed_form(module)
 
         def hook(m, args, kwargs, out, name=c.name, bypass=bypass):
             kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
@@ -121,7 +122,7 @@ def scores(criterion: str, model: torch.nn.Module, cands: list[Candidate], calls
 @dataclass
 class Additivity:
     summed: list[float]     # sum of the single-layer losses of each random set
-    joint: list[float]      # the measured loss of removing the set together
+    joint: list[float]      # the loss of removing the set together
     sizes: list[int]
     pearson: float
     spearman: float

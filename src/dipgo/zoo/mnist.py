@@ -122,10 +122,10 @@ def conditioning_accuracy(images: torch.Tensor, labels) -> float:
 
 @torch.no_grad()
 def training_set(pipe, calibration):
-    """The zoo model's own training data as a :class:`dipgo.layers.data.TrainingSet`: the 5,000 MNIST
+    """The zoo model's own training data as a :class:`dipgo.models.data.TrainingSet`: the 5,000 MNIST
     images as VAE latents (posterior means, scaled as in training), each with the conditioning of its
     digit (condition index = digit, as in the zoo's ``dipgo.json``)."""
-    from ..layers.data import TrainingSet, conditional_kwargs, denoiser_arg_names
+    from ..models.data import TrainingSet, conditional_kwargs, denoiser_arg_names
     from ..models.pipelines import denoiser_of
 
     images, labels = load_mnist()

@@ -1,4 +1,5 @@
-"""LAPTOP-Diff retraining: a layer-pruned denoiser (student) learns from the original (teacher).
+"""Retraining a pruned denoiser (student) by distillation from the original (teacher), as LAPTOP-Diff does;
+layer pruning and depth pruning (UPDP, which also ramps its blend factor through ``on_step``) share it.
 
     loss = w_task * task + w_out * output_KD + w_feat * feature_KD
 
@@ -9,19 +10,19 @@
 Raw feature MSEs differ by orders of magnitude across depths, so an unnormalised sum (BK-SDM's) is
 dominated by the few blocks with the largest activations. LAPTOP-Diff's fix, ``feature_kd="normalized"``,
 divides each block's term by the teacher feature's mean square there (held constant), so every depth
-counts about equally. Both use the same weight ``w_feat``.
+counts about equally. Both use the same weight ``w_feat``. Past a removed block the student's tensor stays
+the same until the next kept block, so it is taught once, at the end of the run
+(:func:`distilled_features`), rather than asked to match every teacher feature along the run.
 
 Two habits diffusion models are trained with, and the default here: a learning rate that warms up and
 then decays on a cosine to zero (``lr_schedule="cosine"``), and an exponential moving average of the
-weights (``ema``), which is what the retrained model keeps. Measured on a DiT with 62 % of its parameters
-removed (``benchmarks/results/layers/recipe.md``): with teaching features at the end of each removed run
-(:func:`distilled_features`), they took FID from 98 to 60 at the same 1,500 steps (54 at 6,000).
+weights (``ema``), which is what the retrained model keeps.
 
 A guided pipeline calls the denoiser on the unconditional input (empty prompt, null class) at every step,
-and the model learnt it from the ~10 % of its training examples whose condition was dropped. Retraining on
-conditional examples only leaves that branch untaught, and classifier-free guidance then pushes along a
-wrong direction: the same DiT went from FID 54.1 / accuracy 94.5 % to 47.1 / 98.8 % (full: 47.7 / 98.4 %)
-once ``p_uncond`` of the examples (teacher and student alike) get ``TrainingSet.uncond`` instead.
+and the model learnt it from the share of its training examples whose condition was dropped. Retraining
+on conditional examples only leaves that branch untaught, and classifier-free guidance then pushes along
+a wrong direction; so ``p_uncond`` of the examples (teacher and student alike) get ``TrainingSet.uncond``
+instead.
 
 Everything random (batches, timesteps, noise, dropout inside the model) comes from one seeded generator
 that is saved in the checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
@@ -34,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,8 +45,10 @@ from tqdm import tqdm
 
 from ..errors import DipgoError
 from ..fileio import atomic_path
-from .candidates import JOINT, Removed
-from .data import TrainingSet
+from .calibration import Calibration
+from .data import TrainingSet, teacher_set, with_unconditional
+from .pipelines import denoiser_of
+from .surgery import JOINT, Removed
 
 FEATURE_KD = ("normalized", "plain", "none")
 LR_SCHEDULES = ("constant", "cosine")
@@ -54,11 +57,28 @@ RESUMABLE = ("steps", "checkpoint_every")  # settings a resumed run may change
 
 @dataclass
 class DistillConfig:
-    """Retraining settings. ``grad_clip=0`` turns clipping off; ``checkpoint_every=0`` saves only at the end.
-    ``lr_schedule="cosine"``: linear warm-up over ``warmup`` steps, then a cosine from ``lr`` to zero.
-    ``ema``: decay of the weights' moving average (0: off); with it on, the student ends with the average.
-    ``p_uncond``: the share of examples given the unconditional conditioning (``TrainingSet.uncond``), as
-    classifier-free-guidance models are trained; without it a guided pipeline's other branch is never taught."""
+    """Retraining settings, shared by layer and depth pruning (their configs nest one).
+
+    Args:
+        steps: optimiser steps (0: no retraining, the pruned model stays one-shot).
+        batch: examples per step.
+        lr: peak learning rate (AdamW, no weight decay).
+        feature_kd: ``normalized`` (each block's feature term divided by the teacher feature's mean square,
+            so every depth counts), ``plain`` (raw MSEs, dominated by the largest activations) or ``none``.
+        w_task, w_out, w_feat: weights of the task loss, the output distillation and the feature
+            distillation.
+        grad_clip: gradient norm clip (0: off).
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        seed: seed of the one generator every random draw comes from (so a resumed run is exact).
+        lr_schedule: ``cosine`` (linear warm-up over ``warmup`` steps, then a cosine from ``lr`` to zero)
+            or ``constant``.
+        warmup: warm-up steps; None takes a tenth of the run, at most 100 steps.
+        ema: decay of the weights' moving average (0: off); with it on, the student ends with the average,
+            which is smoother than the last weights.
+        p_uncond: the share of examples given the unconditional conditioning (``TrainingSet.uncond``), as
+            classifier-free-guidance models are trained; without it a guided pipeline's other branch is
+            never taught.
+    """
 
     steps: int = 500
     batch: int = 32
@@ -99,6 +119,20 @@ class DistillConfig:
         if self.checkpoint_every < 0:
             raise DipgoError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
 
+
+def one_shot() -> DistillConfig:
+    """The settings of no retraining at all: a pruning config's default."""
+    return DistillConfig(steps=0)
+
+
+def as_distill_config(value) -> DistillConfig:
+    """A pruning config's nested distillation settings, given as a :class:`DistillConfig` or a dict of its
+    fields."""
+    if isinstance(value, DistillConfig):
+        return value
+    if isinstance(value, dict):
+        return DistillConfig(**value)
+    raise DipgoError(f"distill must be a DistillConfig (or a dict of its fields), got {type(value).__name__}")
 
 def feature_layers(model: nn.Module) -> list[str]:
     """The blocks whose outputs are distilled: a UNet's down blocks, mid block and up blocks; a
@@ -257,6 +291,87 @@ class _Average:
             p.copy_(s)
 
 
+@dataclass
+class _Loop:
+    """One distillation's moving parts, shared by its steps."""
+
+    student: nn.Module
+    teacher: nn.Module
+    data: TrainingSet
+    noise: object  # the DDPM scheduler that noises the inputs and gives the task target
+    cfg: DistillConfig
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    g: torch.Generator
+    average: _Average | None
+    names: list[str]  # the blocks whose features are distilled
+    uncond: bool      # whether some examples get the unconditional conditioning
+    s_feats: dict = field(default_factory=dict)
+    t_feats: dict = field(default_factory=dict)
+
+
+def _trainable(student: nn.Module, data: TrainingSet, noise_scheduler) -> list[nn.Parameter]:
+    """The student's parameters to train, once the inputs are known to be trainable at all."""
+    if len(data) == 0:
+        raise DipgoError("the training set is empty")
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise DipgoError("the student has no parameters that require grad; nothing to train")
+    prediction = noise_scheduler.config.prediction_type
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise DipgoError(f"cannot train a denoiser with prediction_type {prediction!r}")
+    return params
+
+
+def _losses(loop: _Loop) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's (loss, task, out_kd, feat_kd), every random draw taken from the loop's generator."""
+    cfg, data, g, noise = loop.cfg, loop.data, loop.g, loop.noise
+    device = data.x0.device
+    index = torch.randint(len(data), (cfg.batch,), generator=g)
+    t = torch.randint(noise.config.num_train_timesteps, (cfg.batch,), generator=g)
+    x0 = data.x0[index.to(device)]
+    eps = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
+    index, t = index.to(device), t.to(device)
+    x_t = noise.add_noise(x0, eps, t)
+    # Classifier-free guidance calls the unconditional branch at every step: teach it too, on the same
+    # share of examples the model was trained with (the teacher sees the same dropped rows).
+    drop = torch.rand(cfg.batch, generator=g) < cfg.p_uncond if loop.uncond else None
+    with _seeded_global_rng(g, device):
+        with torch.no_grad():
+            t_out = data.call(loop.teacher, x_t, t, index, drop).float()
+        s_out = data.call(loop.student, x_t, t, index, drop).float()
+    target = {"epsilon": eps, "sample": x0}.get(noise.config.prediction_type)
+    if target is None:
+        target = noise.get_velocity(x0, eps, t)
+    pred = s_out[:, :x0.shape[1]] if s_out.shape[1] == 2 * x0.shape[1] else s_out  # learned sigma
+    task = F.mse_loss(pred, target.float())
+    out_kd = F.mse_loss(s_out, t_out)
+    names = loop.names
+    feat_kd = feature_loss(loop.s_feats, loop.t_feats, names, cfg.feature_kd) if names else torch.zeros(())
+    loss = cfg.w_task * task + cfg.w_out * out_kd + cfg.w_feat * feat_kd.to(task.device)
+    return loss, task, out_kd, feat_kd
+
+
+def _step(loop: _Loop, step: int) -> dict:
+    """One optimiser step; returns its row of the history."""
+    cfg, opt = loop.cfg, loop.opt
+    loss, task, out_kd, feat_kd = _losses(loop)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
+    lr = learning_rate(cfg, step)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    if loop.average is not None:
+        loop.average.update(step)
+    loop.s_feats.clear()
+    loop.t_feats.clear()
+    return {"step": step, "loss": loss.item(), "task": task.item(), "out_kd": out_kd.item(),
+            "feat_kd": feat_kd.item(), "lr": lr}
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_scheduler, config: DistillConfig,
             checkpoint: str | Path | None = None, progress: bool = True,
             on_step: Callable[[int], None] | None = None) -> list[dict]:
@@ -272,14 +387,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
     cfg = config
     if cfg.steps == 0:
         return []
-    if len(data) == 0:
-        raise DipgoError("the training set is empty")
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise DipgoError("the student has no parameters that require grad; nothing to train")
-    prediction = noise_scheduler.config.prediction_type
-    if prediction not in ("epsilon", "v_prediction", "sample"):
-        raise DipgoError(f"cannot train a denoiser with prediction_type {prediction!r}")
+    params = _trainable(student, data, noise_scheduler)
     teacher_trainable = [p for p in teacher.parameters() if p.requires_grad]
     teacher.eval().requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -290,15 +398,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
     start, history = 0, []
     if path is not None and path.exists():
         start, history = _restore(path, student, opt, g, cfg, fingerprint, average)
-
     names = distilled_features(student, teacher) if cfg.feature_kd != "none" else []
-    # Classifier-free guidance calls the unconditional branch at every step: teach it too, on the same
-    # share of examples the model was trained with (the teacher sees the same dropped rows).
-    uncond = bool(data.uncond) and cfg.p_uncond > 0
-    s_feats, t_feats = {}, {}
-    device, n_steps = data.x0.device, noise_scheduler.config.num_train_timesteps
+    loop = _Loop(student, teacher, data, noise_scheduler, cfg, params, opt, g, average, names,
+                 bool(data.uncond) and cfg.p_uncond > 0)
     bar = tqdm(total=cfg.steps, initial=start, desc="distillation", disable=not progress)
-    handles = _capture(student, names, s_feats) + _capture(teacher, names, t_feats)
+    handles = _capture(student, names, loop.s_feats) + _capture(teacher, names, loop.t_feats)
     student.train()
     for module in student.modules():  # conditioning dropout (DiT labels) would feed the student other inputs
         if hasattr(module, "token_drop"):
@@ -307,40 +411,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
         for step in range(start, cfg.steps):
             if on_step is not None:
                 on_step(step)
-            index = torch.randint(len(data), (cfg.batch,), generator=g)
-            t = torch.randint(n_steps, (cfg.batch,), generator=g)
-            x0 = data.x0[index.to(device)]
-            eps = torch.randn(x0.shape, generator=g).to(device, x0.dtype)
-            index, t = index.to(device), t.to(device)
-            x_t = noise_scheduler.add_noise(x0, eps, t)
-            drop = torch.rand(cfg.batch, generator=g) < cfg.p_uncond if uncond else None
-            with _seeded_global_rng(g, device):
-                with torch.no_grad():
-                    t_out = data.call(teacher, x_t, t, index, drop).float()
-                s_out = data.call(student, x_t, t, index, drop).float()
-            target = {"epsilon": eps, "sample": x0}.get(prediction)
-            if target is None:
-                target = noise_scheduler.get_velocity(x0, eps, t)
-            pred = s_out[:, :x0.shape[1]] if s_out.shape[1] == 2 * x0.shape[1] else s_out  # learned sigma
-            task = F.mse_loss(pred, target.float())
-            out_kd = F.mse_loss(s_out, t_out)
-            feat_kd = feature_loss(s_feats, t_feats, names, cfg.feature_kd) if names else torch.zeros(())
-            loss = cfg.w_task * task + cfg.w_out * out_kd + cfg.w_feat * feat_kd.to(task.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            lr = learning_rate(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
-            if average is not None:
-                average.update(step)
-            s_feats.clear()
-            t_feats.clear()
-
-            row = {"step": step, "loss": loss.item(), "task": task.item(), "out_kd": out_kd.item(),
-                   "feat_kd": feat_kd.item(), "lr": lr}
+            row = _step(loop, step)
             history.append(row)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"})
@@ -358,3 +429,33 @@ def distill(student: nn.Module, teacher: nn.Module, data: TrainingSet, noise_sch
         for p in teacher_trainable:  # the caller's model is left as it was given
             p.requires_grad_(True)
     return history
+
+
+def check_ddpm_noising(pipe, fix: str) -> None:
+    """Refuse to train on a flow-matching pipeline: distillation noises its inputs as DDPM does."""
+    name = type(pipe.scheduler).__name__
+    if "FlowMatch" in name:
+        raise DipgoError(f"training uses a DDPM noising process; {name} is flow matching (SD3, Flux), which it "
+                         f"does not support yet: {fix}")
+
+
+def retrain(pipe, student: nn.Module, config: DistillConfig, calibration: Calibration, *,
+            data: TrainingSet | None = None, num_inference_steps: int = 20, guidance_scale: float | None = None,
+            checkpoint: str | Path | None = None, progress: bool = True,
+            on_step: Callable[[int], None] | None = None, call_kwargs: dict | None = None) -> list[dict]:
+    """Distil ``student`` from ``pipe``'s denoiser, as both pruning methods do after choosing what to prune.
+
+    ``data`` defaults to a set the full model generates on the calibration inputs (with these sampling
+    settings); the pipeline's unconditional conditioning is added to it so the guided branch is taught too.
+    The noise comes from a ``DDPMScheduler`` built from the pipeline's scheduler config.
+    """
+    from diffusers import DDPMScheduler
+
+    extra = dict(call_kwargs or {})
+    if data is None:
+        data = teacher_set(pipe, calibration, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           progress=progress, **extra)
+    data = with_unconditional(data, pipe, calibration, **extra)
+    noise = DDPMScheduler.from_config(pipe.scheduler.config)
+    return distill(student, denoiser_of(pipe), data, noise, config, checkpoint=checkpoint, progress=progress,
+                   on_step=on_step)

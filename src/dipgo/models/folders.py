@@ -1,10 +1,14 @@
-"""A layer-pruned pipeline as a folder: ``save_pruned`` / ``load_pruned``.
+"""A pruned pipeline as a folder: the record every kind shares, and the layer-removed kind.
 
-The folder is a normal ``save_pretrained`` folder plus ``dipgo-layers.json`` (which layers are gone,
-and the hash of the architecture they were removed from). The denoiser's weight file holds only what
-is left, so a stock ``from_pretrained`` would re-create the removed layers at random; ``load_pruned``
-builds the stock denoiser class from its config, removes the same layers, loads the weights strictly
-and hands back a ready pipeline of the stock class in which the removed layers cost nothing.
+A pruned folder is a normal ``save_pretrained`` folder plus a JSON record of what was done to its
+denoiser and the hash of the architecture it was done to. The denoiser's weight file holds only what is
+left, so a stock ``from_pretrained`` would re-create the pruned parts at random; :func:`load_edited`
+builds the stock denoiser class from its config, edits it the same way (layers removed, blocks merged),
+loads the weights strictly and hands back a ready pipeline of the stock class.
+
+Layer pruning, and depth pruning's ``mode="remove"`` baseline, write ``dipgo-layers.json`` (which layers
+are gone): :func:`save_pruned` / :func:`load_pruned` here. Depth pruning's merged folders add their own
+record on top of :func:`write_info` / :func:`read_info`.
 """
 
 from __future__ import annotations
@@ -15,26 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..cache.schedule import config_hash
 from ..errors import DipgoError
 from ..fileio import atomic_path
-from ..models.pipelines import denoiser_name, denoiser_of, quiet_libraries
-from .candidates import remove_layers
+from .identity import base_hash, config_hash
+from .pipelines import denoiser_name, denoiser_of, quiet_libraries
+from .surgery import remove_layers
 
 INFO = "dipgo-layers.json"
 FORMAT, VERSION = "dipgo-layers", 1
-
-
-def base_hash(model: torch.nn.Module) -> str:
-    """The architecture hash of the *unpruned* model (its config), whatever was removed since."""
-    saved = {a: getattr(model, a) for a in ("_dipgo_removed", "_dipgo_merged") if hasattr(model, a)}
-    try:
-        model._dipgo_removed, model._dipgo_merged = [], {}
-        return config_hash(model)
-    finally:
-        del model._dipgo_removed, model._dipgo_merged
-        for a, v in saved.items():
-            setattr(model, a, v)
 
 
 def save_pruned(pipe, folder: str | Path, info: dict | None = None) -> Path:
@@ -48,6 +40,7 @@ def save_pruned(pipe, folder: str | Path, info: dict | None = None) -> Path:
 
 def read_info(folder: str | Path, name: str = INFO, fmt: str = FORMAT, version: int = VERSION,
               kind: str = "layer-pruned") -> dict:
+    """The record ``name`` of a pruned folder, checked to be of format ``fmt`` at ``version``."""
     path = Path(folder) / name
     if not path.is_file():
         raise DipgoError(f"{folder} is not a dipgo {kind} folder (no {name}); "

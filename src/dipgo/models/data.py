@@ -1,8 +1,9 @@
-"""What layer pruning measures and retrains on, for any denoiser: captured calls and training sets.
+"""What layer and depth pruning measure and retrain on, for any denoiser: captured calls and training sets.
 
 * :class:`CallSet`: denoiser calls captured along the *full model's own sampling trajectories* on the
   calibration inputs (the same prompts / class labels as DiP-GO), with the full model's outputs. The
-  one-shot criteria compare a pruned denoiser's output with these on exactly these inputs.
+  one-shot criteria (layer scores, block linearisation losses) compare a pruned denoiser's output with
+  these on exactly these inputs.
 * :class:`TrainingSet`: clean latents ``x0`` with the conditioning of each (the denoiser's keyword
   arguments for one conditional call), for retraining with a noise-prediction task loss. A zoo model
   brings its training data; otherwise :func:`teacher_set` makes one from the full model's own samples.
@@ -21,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DipgoError
-from ..models.calibration import Calibration
-from ..models.pipelines import call_kwargs, denoiser_of
+from .calibration import Calibration
+from .pipelines import call_kwargs, denoiser_of
 
 
 def output_of(out) -> torch.Tensor:

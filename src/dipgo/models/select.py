@@ -1,6 +1,7 @@
-"""Which layers to remove for a target ratio: an exact 0/1 knapsack on additive scores, or greedy.
+"""Which layers (or blocks) to prune for a target ratio: an exact 0/1 knapsack on additive scores, or greedy.
 
-With additive scores (the output loss, see ``criteria.additivity``) the best set to remove is the one
+Layer pruning removes layers and depth pruning merges blocks; both choose them here. With additive
+scores (the output loss, see ``dipgo.layers.criteria.additivity``) the best set to remove is the one
 with the smallest summed score whose removed cost (parameters, or MACs) reaches the target. Its
 complement is a classic 0/1 knapsack: keep the layers of largest summed score within a cost budget
 of ``candidate cost - target``. Dynamic programming on costs discretised into ``bins`` units (rounded
@@ -14,7 +15,8 @@ import math
 from dataclasses import dataclass
 
 from ..errors import DipgoError
-from .candidates import Candidate
+from .checks import check_ratio
+from .surgery import Candidate
 
 METHODS = ("knapsack", "greedy", "order")
 BY = ("params", "macs", "depth")
@@ -22,6 +24,8 @@ BY = ("params", "macs", "depth")
 
 @dataclass
 class Selection:
+    """The chosen layers, what they hold and their summed score."""
+
     names: list[str]          # layers to remove, in candidate order
     removed: float            # removed share of the whole denoiser's parameters (or MACs)
     score: float              # summed score of the removed layers
@@ -39,8 +43,7 @@ def select(cands: list[Candidate], scores: dict[str, float], ratio: float, total
     ``total`` is the whole denoiser's parameters (or MACs per call); ``method="order"`` takes ``order``
     (e.g. the handcrafted one) front to back.
     """
-    if not 0.0 < ratio < 1.0:
-        raise DipgoError(f"ratio must be in (0, 1) (the removed share of the denoiser's {by}), got {ratio}")
+    check_ratio(ratio, f"the removed share of the denoiser's {by}")
     if by not in BY:
         raise DipgoError(f"by must be one of {BY}, got {by!r}")
     if method not in METHODS:
