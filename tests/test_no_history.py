@@ -50,8 +50,6 @@ def test_patterns_catch_what_they_should():
     assert not PATTERNS["first-person measurement"].search("what is measured")
 
 
-# Offenders remain in files that other work is cleaning (src/dipgo/cache/); drop this mark once they are gone.
-@pytest.mark.xfail(strict=False, reason="history remains in files outside this change; being cleaned")
 def test_no_history_in_code_or_docs():
     found = offenders()
     assert not found, "history belongs in commit messages, not in the project:\n" + "\n".join(found)

@@ -47,8 +47,8 @@ from .runtime import attach, detach
 from .schedule import config_hash
 
 LOSSES = ("ssim", "l1", "l2")
-# Per-call gradient checkpointing halves the search's peak memory (667 MB vs 1,275 MB for the zoo's SD model, 50 steps,
-# 4 images) but costs ~1.5x the time. Small models fit easily without it; SD-sized ones (860M) do not.
+# Per-call gradient checkpointing roughly halves the search's peak memory for about 1.5x the time: small
+# models search without it, SD-sized ones (hundreds of millions of parameters) need it.
 AUTO_CHECKPOINT_PARAMS = 100_000_000
 REFERENCE_BATCH = 16  # images per sampling run when building the reference pool
 
@@ -62,8 +62,8 @@ class SearchConfig:
     guidance_scale: float | None = None  # None: the pipeline's own default
     iterations: int = 150
     batch: int = 4                    # images per iteration
-    lr: float | None = None           # None: 0.1, or 0.02 for a budget-range search (measured: 0.1 scrambles
-                                      # the ranking every cut depends on; DiT DDIM-20 2x 26.8 dB vs 34.0 dB)
+    lr: float | None = None           # None: 0.1, or 0.02 for a budget-range search (a large step scrambles
+                                      # the ranking every cut of the range depends on)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     alpha_s: float = 1.0
@@ -195,7 +195,7 @@ def load_result(path: str | Path, target=None) -> SearchResult:
             meta = dict(data["meta"])
         elif target is None:
             raise DipgoError(f"{path} is a version-1 scores file: pass the pipeline it was searched on")
-        else:  # version 1 (before issue 9) kept only the scores: rebuild graph, costs and meta from the pipeline
+        else:  # format version 1 kept only the scores: rebuild graph, costs and meta from the pipeline
             graph, profile, meta = _rebuild(target, config, list(data["blocks"]))
     except (OSError, ValueError, KeyError, TypeError) as err:
         if isinstance(err, DipgoError):
