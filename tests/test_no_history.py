@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = {
     "issue number": re.compile(r"issue[- ]?#?\d+", re.IGNORECASE),
