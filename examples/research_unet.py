@@ -365,7 +365,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/examples/research_unet.png")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruned share of MACs for dipgo")
-    parser.add_argument("--search-iterations", type=int, default=40)
+    parser.add_argument("--effort", default="quick", choices=("quick", "default", "thorough"),
+                        help="the pruning pipeline's effort (dipgo.prune(..., effort=...))")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -398,8 +399,8 @@ def main() -> None:
     model.requires_grad_(False)  # the search trains its own pruner only
     t0 = time.perf_counter()
     schedule = dipgo.prune(sample_fn, denoiser=model, blocks=blocks, ratio=args.ratio,
-                           num_inference_steps=args.sample_steps, iterations=args.search_iterations, batch=4)
-    print(f"searched in {time.perf_counter() - t0:.1f}s")
+                           num_inference_steps=args.sample_steps, effort=args.effort)
+    print(f"pruned in {time.perf_counter() - t0:.1f}s")
     print(schedule.summary())
     dipgo.apply(model, schedule)  # the same loop, now skipping what the schedule reuses
     try:

@@ -38,6 +38,7 @@ def test_range_search_draws_budgets_and_serves_each():
 
 def test_prune_with_several_ratios_runs_one_range_search():
     schedules = dipgo.prune(tiny_dit(), ratio=[0.3, 0.5], num_inference_steps=6, iterations=2, batch=1,
+                            evaluations=8, held_out=1, references=0,
                             progress=False)
     assert len(schedules) == 2 and schedules[0].macs >= schedules[1].macs
     assert schedules[0].meta["search"]["target_ratio"] == 0.5

@@ -49,6 +49,7 @@ def test_bad_model_exits_2_with_message(argv, needle, capsys):
 def test_prune_show_and_sample_with_schedule(tmp_path, capsys):
     out = tmp_path / "s.json"
     assert main(["prune", "mnist-sd", "--ratio", "0.4,0.6", "--steps", "4", "--iterations", "2", "--batch", "1",
+                 "--effort", "quick", "--evaluations", "8", "--held-out", "1",
                  "--out", str(out)]) == 0
     paths = [tmp_path / "s-r0.4.json", tmp_path / "s-r0.6.json"]
     assert all(p.is_file() for p in paths)

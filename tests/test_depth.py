@@ -162,7 +162,8 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
 def test_composes_with_dipgo():
     res = prune_depth(_dit(), 0.5, train_steps=0, **FAST)
     pipe = res.pipe
-    schedule = dipgo.prune(pipe, ratio=0.5, num_inference_steps=4, iterations=2, batch=1, progress=False)
+    schedule = dipgo.prune(pipe, ratio=0.5, num_inference_steps=4, iterations=2, batch=1, progress=False,
+                           evaluations=8, held_out=1, references=0)
     dipgo.apply(pipe, schedule)
     try:
         out = pipe(class_labels=[1], num_inference_steps=4, generator=torch.Generator().manual_seed(0),

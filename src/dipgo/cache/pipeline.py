@@ -245,6 +245,9 @@ def _record(pruned: Pruned, config: PruneConfig, result: SearchResult, seconds: 
     """The pipeline's story in the schedule's metadata (replacing refinement's own record)."""
     s, c = pruned.schedule, pruned.comparison
     refine_meta = s.meta.pop("refine", {})
+    rc = result.config
+    s.meta["search"] = {"iterations": rc.iterations, "seconds": round(result.seconds, 1), "target_ratio": rc.ratio,
+                        "loss": rc.loss, "init": rc.init, "batch": rc.batch}
     s.meta.update(method="dipgo", guidance_scale=config.guidance_scale, calibration=result.meta.get("calibration"),
                   pipeline={"effort": config.effort, "search": asdict(result.config) | {"ratios": result.config.ratios},
                             "held_out": {"n": refine_meta.get("n"), "seed": HELD_OUT_SEED},
