@@ -237,21 +237,21 @@ def test_two_branches_keep_cond_and_uncond_caches_apart(sd_pipe):
 def test_values_never_read_are_not_cached(fixture, request, monkeypatch):
     """A block whose next call computes it again caches nothing (no residual to subtract, no memory held),
     and the images are exactly those of a run that caches every computed value."""
-    from dipgo.cache.runtime import BackupHook
+    from dipgo.cache.hooks import ScheduleHook
 
     pipe = request.getfixturevalue(fixture)
     n_blocks = len(block_graph(pipe.unet if fixture == "sd_pipe" else pipe.transformer).names)
     mask = (torch.rand(STEPS, n_blocks, generator=torch.Generator().manual_seed(4)) < 0.5).float()
     mask[0], mask[:, 0] = 1, 1  # the first call computes everything; the first block always: never read
     stored = []
-    real_residual = BackupHook._residual
-    monkeypatch.setattr(BackupHook, "_residual", lambda self, out, inp: stored.append(self.name) or
+    real_residual = ScheduleHook._residual
+    monkeypatch.setattr(ScheduleHook, "_residual", lambda self, out, inp: stored.append(self.name) or
                         real_residual(self, out, inp))
     dipgo.apply(pipe, schedule_for(pipe, mask))
     try:
         lean, lean_stored = run(pipe), list(stored)
         stored.clear()
-        monkeypatch.setattr(BackupHook, "_read_later", lambda self, call: True)
+        monkeypatch.setattr(ScheduleHook, "_read_later", lambda self, call: True)
         every = run(pipe)
     finally:
         dipgo.remove(pipe)

@@ -1,0 +1,115 @@
+"""Static schedule mode: each block computes or reuses its cache as a searched ``Schedule`` says."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import ModelHook
+
+from ...errors import DipgoError
+from ..schedule import Schedule
+from .attachment import Attachment, install
+from .block import BlockHook
+from .counter import CallCounterHook
+from .scheduler_patch import SetTimestepsPatch
+from .state import RunState
+
+WHOLE_CALL_HOOK = "dipgo_whole_call"
+
+
+@dataclass
+class ScheduleConfig:
+    """A static skip schedule on a denoiser.
+
+    Args:
+        schedule: which blocks compute at which call; every other (call, block) reuses the block's value
+            from the last call of the same branch that computed it. More reuse is faster and drifts further
+            from the full model.
+        branches: denoiser calls per step that keep separate caches (2 for a loop that calls cond and uncond
+            apart); ``None`` takes the schedule's.
+    """
+
+    schedule: Schedule
+    branches: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, Schedule):
+            raise DipgoError(f"a schedule must be a dipgo.Schedule, got {type(self.schedule).__name__}; "
+                             "load one with dipgo.Schedule.load(path)")
+        if self.branches is None:
+            self.branches = self.schedule.branches
+        if not isinstance(self.branches, int) or self.branches < 1:
+            raise DipgoError(f"branches must be a positive integer, got {self.branches!r}")
+
+
+class ScheduleHook(BlockHook):
+    """Reuse the cache where the schedule skips the block; otherwise compute it, caching only what is read."""
+
+    def __init__(self, name: str, index: int, state: RunState, schedule: Schedule, mode: str = "output",
+                 branches: int = 1):
+        super().__init__(name, index, state, mode)
+        self.schedule, self.branches = schedule, branches
+
+    def _read_later(self, call: int) -> bool:
+        """Whether the schedule reads this block's cache after ``call``: only when the next call of the
+        same branch reuses the block (a reuse further on is preceded by that call's own refresh)."""
+        nxt = call + self.branches
+        return nxt < self.schedule.num_calls and not self.schedule.computes(nxt, self.name)
+
+    def new_forward(self, module, *args, **kwargs):
+        s, key = self.state, self.key(self.branches)
+        call, cached = max(s.call, 0), s.caches.get(key)
+        if cached is not None and not self.schedule.computes(call, self.name):
+            s.reused += 1
+            return self.from_cache(cached, args, kwargs)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        s.computed += 1
+        if self._read_later(call):
+            s.caches[key] = self.cache_value(out, args, kwargs)
+        else:
+            # The next call of this branch computes the block again, so this value would never be read:
+            # skip the residual (a full-size subtraction) and drop the stale value.
+            s.caches.pop(key, None)
+        return out
+
+
+class WholeCallHook(ModelHook):
+    """When a call reuses every block and the output depends only on the output block's cached value, the
+    result equals the previous call's of the same branch: return it without running the denoiser."""
+
+    def __init__(self, state: RunState, schedule: Schedule, num_blocks: int, branches: int):
+        super().__init__()
+        self.state, self.schedule, self.num_blocks, self.branches = state, schedule, num_blocks, branches
+
+    def new_forward(self, module, *args, **kwargs):
+        s = self.state
+        branch = s.call % self.branches
+        if not self.schedule.steps[s.call] and branch in s.last_output:
+            s.reused += self.num_blocks
+            return s.last_output[branch]
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        s.last_output[branch] = out
+        return out
+
+
+def apply_schedule(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], modes: dict[str, str],
+                   schedule: Schedule, scheduler=None, branches: int | None = None) -> Attachment:
+    """Hook ``blocks`` of ``denoiser`` to follow ``schedule``; ``modes`` maps a block to its cache mode.
+
+    With a pipeline's ``scheduler``, its ``set_timesteps`` starts each generation and refuses another step
+    count, and more calls than the schedule has raise. Without one (a bare module in a custom loop), the call
+    after the schedule's last starts the next generation; ``dipgo.generation()`` marks one explicitly."""
+    config = ScheduleConfig(schedule, branches)
+    state = RunState()
+    counter = CallCounterHook(state, schedule.num_calls, wraps=scheduler is None)
+    inner = {}
+    if schedule.output_block is not None:
+        inner[WHOLE_CALL_HOOK] = WholeCallHook(state, schedule, len(blocks), config.branches)
+
+    def block_hook(name: str, index: int) -> ScheduleHook:
+        return ScheduleHook(name, index, state, schedule, modes.get(name, "output"), config.branches)
+
+    patch = None if scheduler is None else SetTimestepsPatch(scheduler, state, schedule.num_inference_steps)
+    return install(denoiser, blocks, state, counter, block_hook, inner, schedule=schedule, scheduler=scheduler,
+                   config=config, patch=patch)
