@@ -121,7 +121,8 @@ def test_schedule_records_its_calibration(sd_pipe, tmp_path, capsys):
     prompts.write_text("a handwritten digit 3\na handwritten digit 8\n")
     out = tmp_path / "s.json"
     assert main(["prune", "mnist-sd", "--ratio", "0.5", "--steps", "3", "--iterations", "1", "--batch", "1",
-                 "--effort", "quick", "--evaluations", "8", "--held-out", "1", "--prompts", str(prompts), "--out", str(out)]) == 0
+                 "--effort", "quick", "--evaluations", "8", "--held-out", "1", "--prompts", str(prompts),
+                 "--out", str(out)]) == 0
     assert "calibrating on 2 prompts" in capsys.readouterr().out
     cal = dipgo.Schedule.load(out).meta["calibration"]
     assert cal["kind"] == "prompt" and cal["count"] == 2 and len(cal["sha256"]) == 16

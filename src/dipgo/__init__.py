@@ -1,25 +1,29 @@
-"""dipgo: make pretrained diffusion models cheaper to sample from (DiP-GO skip schedules).
+"""dipgo: make pretrained diffusion models cheaper to sample from.
 
     import dipgo
-    schedule = dipgo.prune(pipe, ratio=0.8, prompts=[...])   # learn which (step, block) pairs can reuse their cache
+    schedule = dipgo.prune(pipe, ratio=0.8, prompts=[...])   # DiP-GO: which (step, block) pairs reuse their cache
     dipgo.apply(pipe, schedule)                               # attach it: skipped blocks do no work
     dipgo.remove(pipe)                                        # detach it
 
+    pruned = dipgo.layers.prune(pipe, dipgo.layers.LayersConfig(ratio=0.5))   # LAPTOP-Diff layer pruning
+    pruned = dipgo.depth.prune(pipe, dipgo.depth.DepthConfig(ratio=0.375))    # UPDP depth pruning
     pipe = dipgo.load_pruned("out/folder")                    # a layer- or depth-pruned model, stock class
 
-Layout (imports run one way, down): ``cli`` -> ``evaluate`` -> ``zoo`` -> ``depth`` (UPDP) -> ``layers``
-(LAPTOP-Diff) -> ``cache`` (DiP-GO; ``api`` is its facade) -> ``models`` (adapters, costs, pipeline helpers every method
-shares) -> ``errors``/``fileio``.
+Layout (imports run one way, down): ``cli`` -> ``evaluate`` and ``zoo`` -> the three methods side by side,
+``cache`` (DiP-GO; ``api`` is its facade), ``layers`` (LAPTOP-Diff) and ``depth`` (UPDP) -> the shared layer
+``models`` (adapters, costs, surgery, calibration data, selection, distillation, folders) -> ``errors``,
+``fileio``, ``dist``, ``version``. ``tests/test_layout.py`` checks it.
 """
 
-from .api import apply, is_applied, prune, remove, summary  # noqa: E402
-from .cache.postprocess import schedule_at_ratio  # noqa: E402
-from .cache.schedule import Schedule, ScheduleError  # noqa: E402
-from .depth.io import load_pruned  # noqa: E402
-from .errors import DipgoError  # noqa: E402
-from .malloc import tune_malloc  # noqa: E402
-from .models.calibration import Calibration  # noqa: E402
+from . import depth, layers
+from .api import PruneConfig, apply, generation, is_applied, prune, remove, summary
+from .cache.postprocess import schedule_at_ratio
+from .cache.schedule import Schedule, ScheduleError
+from .depth.io import load_pruned
+from .errors import DipgoError
+from .malloc import tune_malloc
+from .models.calibration import Calibration
 from .version import __version__ as __version__
 
-__all__ = ["apply", "remove", "summary", "prune", "is_applied", "schedule_at_ratio", "Schedule",
-           "ScheduleError", "DipgoError", "Calibration", "load_pruned", "tune_malloc"]
+__all__ = ["apply", "remove", "summary", "prune", "PruneConfig", "generation", "is_applied", "schedule_at_ratio",
+           "Schedule", "ScheduleError", "DipgoError", "Calibration", "load_pruned", "tune_malloc", "layers", "depth"]

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from .cache.apply import apply, is_applied, remove, summary
+from .cache.apply import apply, generation, is_applied, remove, summary
 from .cache.pipeline import PruneConfig, prune_schedules
 from .cache.schedule import Schedule
 from .errors import DipgoError
 from .models.pipelines import default_calibration
 
-__all__ = ["apply", "remove", "is_applied", "summary", "prune", "PruneConfig"]
+__all__ = ["apply", "remove", "is_applied", "summary", "prune", "PruneConfig", "generation"]
 
 
 def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int = 50, *,

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
+from . import version
 from .errors import DipgoError
-from .version import __version__
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ _WORLD: World | None = None
 
 def versions() -> dict:
     """What must agree across ranks for them to compute the same thing."""
-    found = {"dipgo": __version__, "torch": torch.__version__}
+    found = {"dipgo": version.__version__, "torch": torch.__version__}
     try:
         import diffusers
 

@@ -109,7 +109,10 @@ class PruneConfig:
         base = {"ratio": hi, "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
                 "iterations": e.iterations if self.iterations is None else self.iterations,
                 "batch": e.batch, "references": e.references,
-                "init": "uniform", "seed": self.seed, "ratios": (lo, hi) if lo < hi else None}
+                "init": "uniform", "seed": self.seed, "ratios": (lo, hi) if lo < hi else None,
+                # from the evenly spread schedule the budget holds from the first iteration: a target ramping
+                # up from 0 would first pull the gates back towards keep-everything and scramble the start
+                "ramp": 0.0}
         base.update(self.search)
         base["references"] = max(base["references"], base["batch"]) if base["references"] else 0
         return SearchConfig(**base)
