@@ -125,3 +125,27 @@ def test_effort_levels_grow_in_cost():
     c = PruneConfig(effort="quick")
     assert c.search_config().iterations == q.iterations and c.refine_config().evaluations == q.evaluations
     assert PruneConfig(effort="quick", iterations=7).search_config().iterations == 7
+
+
+def test_the_search_alone_does_not_collapse_on_a_trained_model():
+    """A trained model (the zoo's mnist-sd, 8 DDIM steps, 3x fewer MACs): the search's own schedule, cut at the
+    budget without any selection or refinement, stays close to the full model. A collapse (gates flipping
+    together, the output unrelated to the full model's) gives images near 10-15 dB; the bounds leave room for
+    what a short search on 4 held-out images varies, not for that."""
+    from dipgo import zoo
+    from dipgo.cache.pipeline import uniform_schedule
+    from dipgo.cache.postprocess import schedule_at_ratio
+    from dipgo.cache.search import Search
+    from dipgo.models.pipelines import set_scheduler
+
+    pipe, source = zoo.load("mnist-sd")
+    set_scheduler(pipe, "ddim")
+    config = PruneConfig(ratio=0.667, num_inference_steps=8, guidance_scale=source.guidance_scale, effort="quick",
+                         iterations=12)
+    sampler = make_sampler(pipe, config, calibration=default_calibration(pipe, defaults=source.defaults))
+    result = Search(sampler, config.search_config()).run(progress=False)
+    full = held_out_images(sampler, 4)
+    cut = schedule_at_ratio(result, 0.667)
+    alone = held_out_psnr(sampler, cut, full)
+    even = held_out_psnr(sampler, uniform_schedule(result, cut.achieved_ratio), full)
+    assert alone > 22.0 and alone > even - 3.0, (alone, even)

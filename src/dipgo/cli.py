@@ -450,11 +450,8 @@ def _depth_parser(sub) -> None:
     dep.set_defaults(fn=cmd_depth)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
-    p.add_argument("--version", action="version", version=f"dipgo {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _info_parser(sub) -> None:
+    """dipgo info"""
     info = sub.add_parser("info", help="blocks, parameters, MACs and measured latency per denoiser call")
     info.add_argument("model", help="zoo name, diffusers folder or hub id")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -462,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(info)
     info.set_defaults(fn=cmd_info)
 
+
+def _prune_parser(sub) -> None:
+    """dipgo prune: the pruning pipeline"""
     prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
     prune.add_argument("model", help="zoo name, diffusers folder or hub id")
     prune.add_argument("--ratio", default="0.8",
@@ -497,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(prune)
     prune.set_defaults(fn=cmd_prune)
 
+
+def _show_and_sample_parsers(sub) -> None:
+    """dipgo show and dipgo sample"""
     show = sub.add_parser("show", help="print what a schedule computes and reuses")
     show.add_argument("schedule")
     show.set_defaults(fn=cmd_show)
@@ -518,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(sample)
     sample.set_defaults(fn=cmd_sample)
 
+
+def _eval_parser(sub) -> None:
+    """dipgo eval"""
     ev = sub.add_parser("eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
                         "accuracy, PSNR/SSIM (JSON)")
     ev.add_argument("model", help="zoo name, diffusers folder or hub id")
@@ -537,9 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_args(ev)
     ev.set_defaults(fn=cmd_eval)
 
-    _layers_parser(sub)
-    _depth_parser(sub)
 
+def _bench_parser(sub) -> None:
+    """dipgo bench"""
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
     bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")
     bench.add_argument("--quick", action="store_true", help="a few minutes: the zoo's SD model, DDIM-20, 2 budgets, "
@@ -568,6 +574,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="re-write the Markdown table and the plot from a bench JSON without measuring")
     _device_args(bench)
     bench.set_defaults(fn=cmd_bench)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
+    p.add_argument("--version", action="version", version=f"dipgo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _info_parser(sub)
+    _prune_parser(sub)
+    _show_and_sample_parsers(sub)
+    _eval_parser(sub)
+    _layers_parser(sub)
+    _depth_parser(sub)
+
+    _bench_parser(sub)
     return p
 
 

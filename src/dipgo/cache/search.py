@@ -396,8 +396,10 @@ class Search:
         images = torch.cat([p for rank in self.world.gather(parts) for p in rank])
         self.pool = (conditions, seeds, images.to(self.device))
 
-    def step(self, att) -> dict:
-        cfg, state, it = self.cfg, att.state, self.iteration
+    def _draw(self, state) -> tuple[list[int], list[int], list[int], torch.Tensor | None]:
+        """This iteration's batch: every rank draws the same conditions and seeds, then keeps its own slice
+        (``mine``); the full model's images for it come from the pool or from a sampling run."""
+        cfg = self.cfg
         if self.pool is not None:
             picked = torch.randperm(len(self.pool[1]), generator=self.rng)[:cfg.batch].tolist()
             conditions, seeds = [self.pool[0][i] for i in picked], [self.pool[1][i] for i in picked]
@@ -406,12 +408,18 @@ class Search:
             seeds = torch.randint(0, 2**31 - 1, (cfg.batch,), generator=self.rng).tolist()
         mine = self.world.shard(cfg.batch)  # this rank's images of the batch (all of them in one process)
         conditions, seeds = [conditions[i] for i in mine], [seeds[i] for i in mine]
-        share = len(mine) / cfg.batch
+        ref = None
         if mine and self.pool is not None:
             ref = self.pool[2][[picked[i] for i in mine]]
         elif mine:
             with torch.no_grad():
                 ref = self._sample(state, conditions, seeds)
+        return list(mine), conditions, seeds, ref
+
+    def step(self, att) -> dict:
+        cfg, state, it = self.cfg, att.state, self.iteration
+        mine, conditions, seeds, ref = self._draw(state)
+        share = len(mine) / cfg.batch
         scores = self.pruner()
         if cfg.ratios is not None:  # a budget drawn from the range; the gates are the scores cut at it
             lo, hi = cfg.ratios
