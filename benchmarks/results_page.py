@@ -249,17 +249,17 @@ def prune_time_section(results: Path) -> list[str]:
     data = load(results, rel)
     if data is None:
         return []
-    rows = [[r["variant"], " ".join(r["args"]) or "-", f"{r['seconds']:.0f}", f"{r['macs_speedup']:.2f}x",
-             f"{r['psnr_vs_full']:.2f}", f"{r['fid']:.2f} ({r['fid_full']:.2f})"] for r in data["rows"]]
-    fs = data.get("fewer_steps")
-    if fs:
-        rows.append([f"{fs['method']} (no search)", "-", "-", f"{fs['macs_speedup']:.2f}x",
-                     f"{fs['psnr_vs_full']:.2f}", f"{fs['fid']:.2f}"])
+    rows = [[f"`{r['command']}`", r["effort"], f"{r['seconds']:.0f}",
+             ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items()), f"{r['macs_speedup']:.2f}x",
+             f"{r['held_out_psnr']:.2f} ({r['winner']})",
+             f"{r['compared']['label']} ({r['compared']['macs_speedup']:.2f}x): {r['compared']['psnr']:.2f}"]
+            for r in data["rows"]]
     alone = " Each command ran alone on the machine." if data.get("alone_on_machine") else ""
     return ["## Time of a prune", "", source(rel, data.get("machine"), alone), "",
-            f"`{data['command']}` and its variants, whole CLI run (`make bench-samplers`); quality from "
-            "`dipgo eval` on 256 images.", ""] + table(
-        ["variant", "extra arguments", "seconds", "MACs speedup", "PSNR vs full (dB)", "FID (full)"], rows) + [""]
+            "Whole command, wall seconds; PSNR against the full model on the pipeline's held-out images (seeds "
+            "from 1,000,000), as the command prints it.", ""] + table(
+        ["command", "effort", "seconds", "stages", "MACs speedup", "held-out PSNR (winning start)",
+         "fewer steps at the same MACs, held-out PSNR"], rows) + [""]
 
 
 def budget_range_section(results: Path) -> list[str]:
