@@ -294,22 +294,28 @@ def _print_depth_scores(args) -> int:
     return 0
 
 
-def cmd_depth(args) -> int:
+def _prune_and_save(args, config, prune, train_steps: int):
+    """Load the model, prune it with a short distillation and save it: what ``layers`` and ``depth`` share."""
     from dataclasses import replace
 
+    if args.ratio is None or args.out is None:
+        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each candidate's score)")
+    pipe, source, calibration = _load(args)
+    config = replace(config, guidance_scale=_guidance(args, source))
+    data = _training_data(source, pipe, calibration, train_steps)
+    result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
+    return source, result.save(args.out), result
+
+
+def cmd_depth(args) -> int:
     from .depth import DepthConfig, prune
 
     if args.scores:
         return _print_depth_scores(args)
-    if args.ratio is None or args.out is None:
-        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each block's score)")
-    config = DepthConfig(args.ratio, args.by, args.mode, _distill_config(args, args.train_steps), args.ramp,
-                         n_images=args.calib_images, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    pipe, source, calibration = _load(args)
-    config = replace(config, guidance_scale=_guidance(args, source))
-    data = _training_data(source, pipe, calibration, args.train_steps)
-    result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
-    out = result.save(args.out)
+    config = DepthConfig(args.ratio if args.ratio is not None else 0.5, args.by, args.mode, args.ramp,
+                         distill=_distill_config(args, args.train_steps), n_images=args.calib_images,
+                         num_inference_steps=args.steps, guidance_scale=args.guidance)
+    source, out, result = _prune_and_save(args, config, prune, args.train_steps)
     verb = "removed" if args.mode == "remove" else "merged"
     return _report_pruned(source, out, result, f"{verb} {len(result.selection.names)} of {len(result.candidates)} "
                           f"blocks ({args.mode})")
@@ -331,21 +337,14 @@ def _print_layer_scores(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from dataclasses import replace
-
     from .layers import LayersConfig, prune
 
     if args.scores:
         return _print_layer_scores(args)
-    if args.ratio is None or args.out is None:
-        raise DipgoError("give --ratio R and --out DIR (or --scores to only print each layer's score)")
-    config = LayersConfig(args.ratio, args.criterion, args.by, args.method, _distill_config(args, args.retrain_steps),
-                          n_images=args.calib_images, num_inference_steps=args.steps, guidance_scale=args.guidance)
-    pipe, source, calibration = _load(args)
-    config = replace(config, guidance_scale=_guidance(args, source))
-    data = _training_data(source, pipe, calibration, args.retrain_steps)
-    result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
-    out = result.save(args.out)
+    config = LayersConfig(args.ratio if args.ratio is not None else 0.5, args.criterion, args.by, args.method,
+                          distill=_distill_config(args, args.retrain_steps), n_images=args.calib_images,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance)
+    source, out, result = _prune_and_save(args, config, prune, args.retrain_steps)
     return _report_pruned(source, out, result, f"removed {len(result.selection.names)} layers "
                           f"({result.selection.method}, {args.criterion})")
 

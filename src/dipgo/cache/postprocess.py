@@ -67,10 +67,13 @@ def threshold_for_ratio(scores: torch.Tensor, ratio: float, graph: BlockGraph, p
 
 def schedule_from_mask(mask: torch.Tensor, graph: BlockGraph, profile: CostProfile, *, model_class: str,
                        config_hash: str, scheduler: str, num_inference_steps: int, cfg: int = 1,
-                       requested_ratio: float | None = None, meta: dict | None = None) -> Schedule:
+                       requested_ratio: float | None = None, meta: dict | None = None,
+                       forecast_order: int = 0) -> Schedule:
     """Build a :class:`Schedule` (with its MACs accounting) from a 0/1 (calls, blocks) mask."""
     steps = [[b for j, b in enumerate(graph.names) if mask[i, j] > 0.5] for i in range(mask.shape[0])]
-    macs = int(profile.generation_macs(mask.float(), cfg, skip_empty_calls=graph.output_block is not None))
+    # A call that reuses every block is skipped whole only without a forecast (see hooks.static_schedule).
+    skip = graph.output_block is not None and forecast_order == 0
+    macs = int(profile.generation_macs(mask.float(), cfg, skip_empty_calls=skip))
     full = int(profile.generation_macs(torch.ones_like(mask, dtype=torch.float32), cfg))
     return Schedule(
         model_class=model_class, config_hash=config_hash, blocks=list(graph.names),
@@ -78,7 +81,25 @@ def schedule_from_mask(mask: torch.Tensor, graph: BlockGraph, profile: CostProfi
         cache_modes=dict(graph.modes), output_block=graph.output_block, requested_ratio=requested_ratio,
         achieved_ratio=round(1 - macs / full, 6),
         macs_full=full, macs=macs, meta=dict(meta or {}, cost_profile=profile.to_dict()),
+        forecast_order=forecast_order,
     )
+
+
+def with_forecast(schedule: Schedule, order: int) -> Schedule:
+    """``schedule`` with reused values forecast at ``order``, its MACs accounted again (a forecast runs the
+    work outside the blocks in calls that reuse every block)."""
+    from dataclasses import replace
+
+    if order == schedule.forecast_order:
+        return schedule
+    new = replace(schedule, forecast_order=order)
+    profile = schedule.meta.get("cost_profile")
+    if profile and schedule.macs_full and schedule.output_block is not None:
+        prof = CostProfile(**profile)
+        cfg = max(1, round(schedule.macs_full / (schedule.num_calls * prof.call_macs)))
+        new.macs = int(prof.generation_macs(schedule.mask(), cfg, skip_empty_calls=order == 0))
+        new.achieved_ratio = round(1 - new.macs / schedule.macs_full, 6)
+    return new
 
 
 def schedule_at_ratio(result, ratio: float, tol: float = 0.0125) -> Schedule:
@@ -91,4 +112,4 @@ def schedule_at_ratio(result, ratio: float, tol: float = 0.0125) -> Schedule:
     return schedule_from_mask(mask, result.graph, result.profile, model_class=m["model_class"],
                               config_hash=m["config_hash"], scheduler=m["scheduler"],
                               num_inference_steps=c.num_inference_steps, cfg=m.get("cfg", 1), requested_ratio=ratio,
-                              meta=meta)
+                              meta=meta, forecast_order=getattr(c, "forecast_order", 0))

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..errors import DipgoError
 from ..models.adapters import effective_keep
 from ..models.calibration import Calibration
+from ..models.checks import check_at_least
 from .driver import PipelineSampler
 from .heldout import HELD_OUT_SEED, held_out_images, held_out_psnr
 from .postprocess import pruned_ratio, schedule_at_ratio, schedule_from_mask
@@ -48,10 +49,8 @@ class RefineConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.evaluations < 0:
-            raise DipgoError(f"evaluations must be >= 0, got {self.evaluations}")
-        if self.n < 1:
-            raise DipgoError(f"n (held-out images) must be >= 1, got {self.n}")
+        check_at_least(self.evaluations, 0, "evaluations")
+        check_at_least(self.n, 1, "n (held-out images)")
         if min(self.shift_share, self.neighbour_share) < 0 or self.shift_share + self.neighbour_share > 1:
             raise DipgoError("shift_share and neighbour_share must be >= 0 and sum to at most 1, got "
                              f"{self.shift_share} and {self.neighbour_share}")

@@ -24,6 +24,7 @@ from ..fileio import atomic_path
 from ..models.identity import config_hash
 
 SCHEMA_VERSION = 1
+FORECAST_ORDERS = (0, 1, 2)
 
 
 def _pipeline_lines(rec: dict | None) -> list[str]:
@@ -64,6 +65,9 @@ class Schedule:
     macs: int | None = None
     meta: dict = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    # How a reused block's value is formed from its last computed ones: 0 reuses the last one (DiP-GO's
+    # backup connection); 1 and 2 extrapolate a line or a parabola through the last 2 or 3, in call index.
+    forecast_order: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -84,6 +88,8 @@ class Schedule:
         for i in range(min(self.branches, len(self.steps))):
             if set(self.steps[i]) != known:
                 raise ScheduleError(f"call {i} must compute every block (nothing is cached yet)")
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in FORECAST_ORDERS:
+            raise ScheduleError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
         bad_modes = {m for m in self.cache_modes.values() if m.partition(":")[0] not in ("output", "residual")}
         if bad_modes:
             raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)}; use 'output' or 'residual[:inputs]'")
@@ -173,7 +179,8 @@ class Schedule:
 
             prof = CostProfile(**profile)
             cfg = max(1, round(self.macs_full / (src * prof.call_macs)))
-            macs = int(prof.generation_macs(new, cfg, skip_empty_calls=self.output_block is not None))
+            skip = self.output_block is not None and self.forecast_order == 0
+            macs = int(prof.generation_macs(new, cfg, skip_empty_calls=skip))
             macs_full = int(prof.generation_macs(torch.ones_like(new), cfg))
             achieved = round(1 - macs / macs_full, 6)
         meta = dict(self.meta, transferred_from={"num_inference_steps": self.num_inference_steps,

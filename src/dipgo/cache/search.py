@@ -43,8 +43,8 @@ from ..models.similarity import psnr, ssim
 from .driver import PipelineSampler, trace
 from .postprocess import threshold_for_ratio
 from .pruner import Pruner, straight_through
-from .runtime import attach, detach
-from .schedule import config_hash
+from .runtime import apply_search_gates, detach
+from .schedule import FORECAST_ORDERS, config_hash
 
 LOSSES = ("ssim", "l1", "l2")
 # Per-call gradient checkpointing roughly halves the search's peak memory for about 1.5x the time: small
@@ -85,6 +85,9 @@ class SearchConfig:
     # iteration, about a quarter of its time); N > 0 generates a pool of N once, in batches of
     # REFERENCE_BATCH, and each iteration draws its batch (conditions, seeds and images) from it.
     references: int = 0
+    # What a gated-off block reads during the search: its last value (0, DiP-GO's backup connection) or a
+    # forecast through its last 2 or 3 values, so the search learns which blocks extrapolate well.
+    forecast_order: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -98,6 +101,8 @@ class SearchConfig:
             raise DipgoError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         if self.init not in ("keep", "uniform"):
             raise DipgoError(f"unknown init {self.init!r}; choose 'keep' or 'uniform'")
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in FORECAST_ORDERS:
+            raise DipgoError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
         for name in ("ramp", "anneal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DipgoError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -484,7 +489,8 @@ class Search:
 
     def run(self, progress: bool = True, desc: str = "DiP-GO search") -> SearchResult:
         frozen = self._frozen()
-        att = attach(self.denoiser, self.modules, self.graph.modes)
+        att = apply_search_gates(self.denoiser, self.modules, self.graph.modes,
+                                 forecast_order=self.cfg.forecast_order)
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, desc=desc,
                    disable=not (progress and self.world.main), dynamic_ncols=True)
         try:

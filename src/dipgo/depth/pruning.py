@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,10 +15,10 @@ from torch import nn
 
 from ..errors import DipgoError
 from ..models.calibration import Calibration
-from ..models.checks import check_at_least, check_choice, check_ratio
+from ..models.checks import check_choice, check_ratio
 from ..models.costs import count_params
 from ..models.data import CallSet, TrainingSet, capture_calls
-from ..models.distill import DistillConfig, as_distill_config, check_ddpm_noising, one_shot, retrain
+from ..models.distill import DistillConfig, MethodConfig, check_ddpm_noising, retrain
 from ..models.folders import save_pruned
 from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, with_denoiser
 from ..models.result import PrunedModel
@@ -39,7 +39,7 @@ def ramp(step: int, steps: int, share: float) -> float:
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(MethodConfig):
     """What :func:`prune` merges (or removes) and how it trains, checked on creation.
 
     Args:
@@ -62,26 +62,20 @@ class DepthConfig:
     ratio: float
     by: str = "depth"
     mode: str = "progressive"
-    distill: DistillConfig = field(default_factory=one_shot)
     ramp_share: float = 0.5
     names: list[str] | None = None
-    n_images: int = 8
-    num_inference_steps: int = 20
-    guidance_scale: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice(self.mode, MODES, "mode")
         check_choice(self.by, BY, "by")
         what = ("the share of the candidate blocks to prune" if self.by == "depth" else
                 f"the share of the denoiser's {'MACs per call' if self.by == 'macs' else 'parameters'} "
                 "that pruning saves")
         self.ratio = check_ratio(self.ratio, what)
-        self.distill = as_distill_config(self.distill)
         if not 0.0 < self.ramp_share <= 1.0:
             raise DipgoError(f"ramp_share must be in (0, 1] (the share of training the ramp takes), got "
                              f"{self.ramp_share}")
-        check_at_least(self.n_images, 1, "n_images")
-        check_at_least(self.num_inference_steps, 1, "num_inference_steps")
 
 
 @dataclass(kw_only=True)
@@ -205,6 +199,7 @@ def prune_depth(pipe, ratio: float, *, by: str = "depth", mode: str = "progressi
     """:func:`prune` with the settings as keywords: ``train_steps``, ``feature_kd`` and ``distill_kwargs``
     make the nested :class:`DistillConfig`, the rest of the settings the :class:`DepthConfig`."""
     distill = DistillConfig(steps=train_steps, feature_kd=feature_kd, **(distill_kwargs or {}))
-    config = DepthConfig(ratio, by, mode, distill, ramp_share, names, n_images, num_inference_steps, guidance_scale)
+    config = DepthConfig(ratio, by, mode, ramp_share, names, distill=distill, n_images=n_images,
+                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     return prune(pipe, config, calibration=calibration, data=data, checkpoint=checkpoint, progress=progress,
                  call_kwargs=call_kwargs, scored=scored)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import DipgoError
 from ..models.calibration import Calibration
-from ..models.checks import check_at_least, check_choice, check_ratio
+from ..models.checks import check_choice, check_ratio
 from ..models.costs import count_params
 from ..models.data import CallSet, TrainingSet, capture_calls
-from ..models.distill import DistillConfig, as_distill_config, check_ddpm_noising, one_shot, retrain
+from ..models.distill import DistillConfig, MethodConfig, check_ddpm_noising, retrain
 from ..models.folders import save_pruned
 from ..models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, with_denoiser
 from ..models.result import PrunedModel
@@ -31,7 +31,7 @@ METHODS = ("knapsack", "greedy")
 
 
 @dataclass
-class LayersConfig:
+class LayersConfig(MethodConfig):
     """What :func:`prune` removes and how it retrains, checked on creation.
 
     Args:
@@ -52,20 +52,14 @@ class LayersConfig:
     criterion: str = "output"
     by: str = "params"
     method: str = "knapsack"
-    distill: DistillConfig = field(default_factory=one_shot)
-    n_images: int = 8
-    num_inference_steps: int = 20
-    guidance_scale: float | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_choice(self.criterion, CRITERIA, "criterion")
         check_choice(self.by, BY, "by")
         check_choice(self.method, METHODS, "selection method")
         measure = "parameters" if self.by == "params" else "MACs per call"
         self.ratio = check_ratio(self.ratio, f"the removed share of the denoiser's {measure}")
-        self.distill = as_distill_config(self.distill)
-        check_at_least(self.n_images, 1, "n_images")
-        check_at_least(self.num_inference_steps, 1, "num_inference_steps")
 
 
 @dataclass(kw_only=True)
@@ -161,6 +155,7 @@ def prune_layers(pipe, ratio: float, criterion: str = "output", *, by: str = "pa
     """:func:`prune` with the settings as keywords: ``retrain_steps``, ``feature_kd`` and ``distill_kwargs``
     make the nested :class:`DistillConfig`, the rest of the settings the :class:`LayersConfig`."""
     distill = DistillConfig(steps=retrain_steps, feature_kd=feature_kd, **(distill_kwargs or {}))
-    config = LayersConfig(ratio, criterion, by, method, distill, n_images, num_inference_steps, guidance_scale)
+    config = LayersConfig(ratio, criterion, by, method, distill=distill, n_images=n_images,
+                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     return prune(pipe, config, calibration=calibration, data=data, checkpoint=checkpoint, progress=progress,
                  call_kwargs=call_kwargs, scored=scored)

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from ..errors import DipgoError
 from ..fileio import atomic_path
 from .calibration import Calibration
+from .checks import check_at_least, check_choice
 from .data import TrainingSet, teacher_set, with_unconditional
 from .pipelines import denoiser_of
 from .surgery import JOINT, Removed
@@ -96,19 +97,15 @@ class DistillConfig:
     p_uncond: float = 0.1
 
     def __post_init__(self):
-        if self.feature_kd not in FEATURE_KD:
-            raise DipgoError(f"unknown feature_kd {self.feature_kd!r}; choose one of {FEATURE_KD}")
-        if self.steps < 0:
-            raise DipgoError(f"steps must be >= 0 (0: no retraining), got {self.steps}")
-        if self.batch < 1:
-            raise DipgoError(f"batch must be >= 1, got {self.batch}")
+        check_choice(self.feature_kd, FEATURE_KD, "feature_kd")
+        check_at_least(self.steps, 0, "steps (0: no retraining)")
+        check_at_least(self.batch, 1, "batch")
         if not self.lr > 0:
             raise DipgoError(f"lr must be > 0, got {self.lr}")
         for name in ("w_task", "w_out", "w_feat", "grad_clip"):
             if not getattr(self, name) >= 0:
                 raise DipgoError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise DipgoError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         if self.warmup is not None and self.warmup < 0:
             raise DipgoError(f"warmup must be >= 0 steps, got {self.warmup}")
         if not 0.0 <= self.ema < 1.0:
@@ -133,6 +130,24 @@ def as_distill_config(value) -> DistillConfig:
     if isinstance(value, dict):
         return DistillConfig(**value)
     raise DipgoError(f"distill must be a DistillConfig (or a dict of its fields), got {type(value).__name__}")
+
+@dataclass(kw_only=True)
+class MethodConfig:
+    """The settings a model-pruning method shares with the others: the distillation that follows the cut
+    (``distill.steps=0``, the default: none) and the calibration runs its choice is measured on
+    (``n_images`` images of ``num_inference_steps`` steps at ``guidance_scale``; None: the pipeline's default).
+    Subclasses call ``super().__post_init__()``."""
+
+    distill: DistillConfig = field(default_factory=one_shot)
+    n_images: int = 8
+    num_inference_steps: int = 20
+    guidance_scale: float | None = None
+
+    def __post_init__(self):
+        self.distill = as_distill_config(self.distill)
+        check_at_least(self.n_images, 1, "n_images")
+        check_at_least(self.num_inference_steps, 1, "num_inference_steps")
+
 
 def feature_layers(model: nn.Module) -> list[str]:
     """The blocks whose outputs are distilled: a UNet's down blocks, mid block and up blocks; a

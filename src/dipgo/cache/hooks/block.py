@@ -7,6 +7,7 @@ import inspect
 from diffusers.hooks import ModelHook
 
 from ...errors import DipgoError
+from .forecast import History, forecast, push
 from .state import RunState
 
 
@@ -30,12 +31,41 @@ class BlockHook(ModelHook):
     """
 
     _is_stateful = True
+    branches = 1  # calls per step that keep separate caches
+    order = 0     # forecast order of a reused value (see ``forecast``)
 
     def __init__(self, name: str, index: int, state: RunState, mode: str = "output"):
         super().__init__()
         self.name, self.index, self.state = name, index, state
         self.mode, self.inputs = parse_mode(mode)
         self._signature: inspect.Signature | None = None
+
+    # -------------------------------------------------------------- compute or reuse
+    def computes(self, call: int) -> bool:
+        """Whether the block computes at ``call`` (it always does while it has nothing cached)."""
+        raise NotImplementedError
+
+    def after_compute(self, key, call: int, out, args, kwargs) -> None:
+        """Keep what later calls read of a fresh output; by default its cache value."""
+        self.remember(key, call, self.cache_value(out, args, kwargs))
+
+    def remember(self, key, call: int, value) -> None:
+        self.state.caches[key] = push(self.state.caches.get(key), call, value, self.order)
+
+    def new_forward(self, module, *args, **kwargs):
+        s, key = self.state, self.key(self.branches)
+        call, history = max(s.call, 0), s.caches.get(key)
+        if history is not None and not self.computes(call):
+            s.reused += 1
+            return self.from_cache(self.recall(history, call), args, kwargs)
+        out = self.fn_ref.original_forward(*args, **kwargs)
+        s.computed += 1
+        self.after_compute(key, call, out, args, kwargs)
+        return out
+
+    def recall(self, history: History, call: int):
+        """The cached value a reuse at ``call`` returns: the newest one, or its forecast."""
+        return forecast(history, call, self.order)
 
     @property
     def residual(self) -> bool:

@@ -41,17 +41,13 @@ class PolicyConfig:
 class PolicyHook(BlockHook):
     """Reuse the cache when the policy says so; otherwise compute, cache and show the value to the policy."""
 
-    def new_forward(self, module, *args, **kwargs):
-        s, key = self.state, self.key()
-        call, cached = max(s.call, 0), s.caches.get(key)
-        if cached is not None and not s.policy.computes(call, self.name):
-            s.reused += 1
-            return self.from_cache(cached, args, kwargs)
-        out = self.fn_ref.original_forward(*args, **kwargs)
-        s.computed += 1
-        s.caches[key] = self.cache_value(out, args, kwargs)
-        s.policy.observe(call, self.name, s.caches[key])
-        return out
+    def computes(self, call: int) -> bool:
+        return self.state.policy.computes(call, self.name)
+
+    def after_compute(self, key, call: int, out, args, kwargs) -> None:
+        value = self.cache_value(out, args, kwargs)
+        self.remember(key, call, value)
+        self.state.policy.observe(call, self.name, value)
 
 
 def apply_policy(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], modes: dict[str, str],

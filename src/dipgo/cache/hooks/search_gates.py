@@ -28,9 +28,11 @@ class SearchGateConfig:
     Args:
         checkpointing: recompute each denoiser call in backward instead of keeping its activations; less
             memory for more time. The search may change it per run through ``state.checkpointing``.
+        forecast_order: what a gated-off block reads: its last value (0) or a forecast from its last 2 or 3.
     """
 
     checkpointing: bool = False
+    forecast_order: int = 0
 
 
 def _tree_mix(gate, fresh, cached):
@@ -48,17 +50,23 @@ class SearchGateHook(BlockHook):
     """Always compute; return ``gate * fresh + (1 - gate) * cached`` (straight-through with hard gates), so
     what the search optimises is what a static schedule will execute."""
 
+    def __init__(self, name: str, index: int, state: RunState, mode: str = "output", order: int = 0):
+        super().__init__(name, index, state, mode)
+        self.order = order
+
     def new_forward(self, module, *args, **kwargs):
         s = self.state
         out = self.fn_ref.original_forward(*args, **kwargs)
         if s.gates is None:  # an ungated run (the full model's reference): nothing is mixed or read later
             s.computed += 1
             return out
-        key = self.key()
-        value, cached = self.cache_value(out, args, kwargs), s.caches.get(key)
-        if cached is not None:
-            value = _tree_mix(s.gates[max(s.call, 0), self.index], value, cached)
-        s.caches[key] = value
+        key, call = self.key(), max(s.call, 0)
+        value, history = self.cache_value(out, args, kwargs), s.caches.get(key)
+        if history is not None:
+            value = _tree_mix(s.gates[call, self.index], value, self.recall(history, call))
+        # Every call's value is kept, reused or not: a forecast lies on the polynomial through the values it
+        # came from, so keeping it changes no later forecast, and the gradient reaches every earlier gate.
+        self.remember(key, call, value)
         return self.from_cache(value, args, kwargs)
 
 
@@ -86,14 +94,15 @@ class CheckpointHook(ModelHook):
 
 
 def apply_search_gates(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module],
-                       modes: dict[str, str], checkpointing: bool = False, scheduler=None) -> Attachment:
+                       modes: dict[str, str], checkpointing: bool = False, scheduler=None,
+                       forecast_order: int = 0) -> Attachment:
     """Hook ``blocks`` of ``denoiser`` for the search. The search marks each generation itself; a
     ``scheduler``'s ``set_timesteps`` marks one too."""
-    config = SearchGateConfig(checkpointing)
+    config = SearchGateConfig(checkpointing, forecast_order)
     state = RunState(checkpointing=config.checkpointing)
 
     def block_hook(name: str, index: int) -> SearchGateHook:
-        return SearchGateHook(name, index, state, modes.get(name, "output"))
+        return SearchGateHook(name, index, state, modes.get(name, "output"), config.forecast_order)
 
     patch = None if scheduler is None else SetTimestepsPatch(scheduler, state)
     return install(denoiser, blocks, state, CallCounterHook(state), block_hook,

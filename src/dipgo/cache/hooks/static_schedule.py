@@ -49,29 +49,25 @@ class ScheduleHook(BlockHook):
     def __init__(self, name: str, index: int, state: RunState, schedule: Schedule, mode: str = "output",
                  branches: int = 1):
         super().__init__(name, index, state, mode)
-        self.schedule, self.branches = schedule, branches
+        self.schedule, self.branches, self.order = schedule, branches, schedule.forecast_order
+
+    def computes(self, call: int) -> bool:
+        return self.schedule.computes(call, self.name)
 
     def _read_later(self, call: int) -> bool:
         """Whether the schedule reads this block's cache after ``call``: only when the next call of the
-        same branch reuses the block (a reuse further on is preceded by that call's own refresh)."""
+        same branch reuses the block (a reuse further on is preceded by that call's own refresh). A
+        forecast reads older values too, so with one every computed value is kept."""
         nxt = call + self.branches
-        return nxt < self.schedule.num_calls and not self.schedule.computes(nxt, self.name)
+        return self.order > 0 or (nxt < self.schedule.num_calls and not self.schedule.computes(nxt, self.name))
 
-    def new_forward(self, module, *args, **kwargs):
-        s, key = self.state, self.key(self.branches)
-        call, cached = max(s.call, 0), s.caches.get(key)
-        if cached is not None and not self.schedule.computes(call, self.name):
-            s.reused += 1
-            return self.from_cache(cached, args, kwargs)
-        out = self.fn_ref.original_forward(*args, **kwargs)
-        s.computed += 1
+    def after_compute(self, key, call: int, out, args, kwargs) -> None:
         if self._read_later(call):
-            s.caches[key] = self.cache_value(out, args, kwargs)
+            self.remember(key, call, self.cache_value(out, args, kwargs))
         else:
             # The next call of this branch computes the block again, so this value would never be read:
             # skip the residual (a full-size subtraction) and drop the stale value.
-            s.caches.pop(key, None)
-        return out
+            self.state.caches.pop(key, None)
 
 
 class WholeCallHook(ModelHook):
@@ -104,7 +100,7 @@ def apply_schedule(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module]
     state = RunState()
     counter = CallCounterHook(state, schedule.num_calls, wraps=scheduler is None)
     inner = {}
-    if schedule.output_block is not None:
+    if schedule.output_block is not None and schedule.forecast_order == 0:  # a forecast changes every call
         inner[WHOLE_CALL_HOOK] = WholeCallHook(state, schedule, len(blocks), config.branches)
 
     def block_hook(name: str, index: int) -> ScheduleHook:
