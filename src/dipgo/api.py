@@ -70,6 +70,6 @@ def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int
 
 def _config(ratio, steps: int, guidance_scale, effort: str, search_kwargs: dict) -> PruneConfig:
     kw = dict(search_kwargs)
-    top = {k: kw.pop(k) for k in ("iterations", "evaluations", "held_out", "seed") if k in kw}
+    top = {k: kw.pop(k) for k in ("iterations", "evaluations", "held_out", "seed", "forecast") if k in kw}
     return PruneConfig(ratio=ratio, num_inference_steps=steps, guidance_scale=guidance_scale, effort=effort,
                        search=kw, **top)

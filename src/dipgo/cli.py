@@ -104,7 +104,8 @@ def _prune_config(args, guidance: float | None):
     search["grad_checkpointing"] = {"auto": None, "on": True, "off": False}[args.grad_checkpointing]
     return PruneConfig(ratio=ratios if len(ratios) > 1 else ratios[0], num_inference_steps=args.steps,
                        effort=args.effort, iterations=args.iterations, evaluations=args.evaluations,
-                       held_out=args.held_out, guidance_scale=guidance, seed=args.seed, search=search)
+                       held_out=args.held_out, guidance_scale=guidance, seed=args.seed, search=search,
+                       forecast=None if args.forecast == "auto" else int(args.forecast))
 
 
 def cmd_prune(args) -> int:
@@ -474,6 +475,9 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--iterations", type=int, default=None, help="search iterations (default: the effort's)")
     prune.add_argument("--evaluations", "--refine", dest="evaluations", type=int, default=None, metavar="N",
                        help="held-out sampling runs for selection and refinement (default: the effort's)")
+    prune.add_argument("--forecast", default="auto", choices=("auto", "0", "1", "2"),
+                       help="what a skipped block returns: its last value (0), or a line (1) or parabola (2) "
+                       "through its last computed values; auto: chosen on held-out images")
     prune.add_argument("--held-out", type=int, default=None, metavar="N",
                        help="images per held-out sampling run (default: the effort's)")
     prune.add_argument("--batch", type=int, default=None, help="images per search iteration (default: the "

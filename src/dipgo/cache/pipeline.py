@@ -6,8 +6,9 @@ loops) and ``dipgo bench`` all run :func:`prune_schedules`, with the same stages
    gradients say a (call, block) pair matters more than another.
 2. **select**: the searched schedule and the simple schedules of the same budget (evenly spread full
    calls, which is fewer steps on DDIM; full calls every N, which is DeepCache/FORA spacing) are each
-   brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`).
-3. **refine**: a local search from the best of them (:mod:`dipgo.cache.refine`) spends what is left of
+   brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`), with reused
+   blocks taken as they are (forecast order 0) and extrapolated from their last values (orders 1 and 2).
+3. **refine**: a local search from the best (start, order) pair (:mod:`dipgo.cache.refine`) spends what is left of
    the held-out budget.
 4. **compare**: fewer steps at the same MACs on the same held-out images (on a custom loop, the evenly
    spread schedule of the same MACs), so the user sees what the schedule beats.
@@ -32,7 +33,7 @@ from .driver import FunctionSampler, PipelineSampler
 from .heldout import HELD_OUT_SEED, check_seeded, held_out_images, held_out_psnr
 from .postprocess import schedule_from_mask
 from .refine import RefineConfig, Scorer, refine
-from .schedule import Schedule
+from .schedule import FORECAST_ORDERS, Schedule
 from .search import Search, SearchConfig, SearchResult, uniform_mask
 
 
@@ -54,7 +55,8 @@ EFFORTS = {
     "default": Effort(iterations=80, batch=4, references=32, evaluations=400, held_out=16, repair_candidates=12),
     "thorough": Effort(iterations=250, batch=4, references=128, evaluations=1500, held_out=32, repair_candidates=16),
 }
-# Selection measures up to five starts (the search, two evenly spread and two every-N schedules) once each.
+# Selection measures up to five starts (the search, two evenly spread and two every-N schedules) once each at
+# every forecast order it tries; a budget below that is spent on those measurements and nothing else.
 MIN_EVALUATIONS = 8
 
 
@@ -64,7 +66,9 @@ class PruneConfig:
 
     ``ratio``: the pruned share of the denoiser's MACs, in (0, 1); several ratios share one search.
     ``effort``: ``quick``, ``default`` or ``thorough`` (see :data:`EFFORTS`); ``iterations``,
-    ``evaluations`` and ``held_out`` override its parts. ``search`` holds further
+    ``evaluations`` and ``held_out`` override its parts. ``forecast``: how reused blocks are formed, 0 (the
+    last value), 1 or 2 (extrapolated through the last 2 or 3 computed values); None lets the held-out
+    selection choose, with the search at order 0. ``search`` holds further
     :class:`~dipgo.cache.search.SearchConfig` fields (``lr``, ``loss``, ``granularity``, ...).
     """
 
@@ -76,9 +80,13 @@ class PruneConfig:
     held_out: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
+    forecast: int | None = None
     search: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.forecast is not None and (isinstance(self.forecast, bool) or self.forecast not in FORECAST_ORDERS):
+            raise DipgoError(f"forecast must be None (chosen on held-out images) or one of {FORECAST_ORDERS}, "
+                             f"got {self.forecast!r}")
         if self.effort not in EFFORTS:
             raise DipgoError(f"unknown effort {self.effort!r}; choose one of {', '.join(EFFORTS)}")
         ratios = list(self.ratio) if isinstance(self.ratio, (list, tuple)) else [self.ratio]
@@ -112,7 +120,7 @@ class PruneConfig:
                 "init": "uniform", "seed": self.seed, "ratios": (lo, hi) if lo < hi else None,
                 # from the evenly spread schedule the budget holds from the first iteration: a target ramping
                 # up from 0 would first pull the gates back towards keep-everything and scramble the start
-                "ramp": 0.0}
+                "ramp": 0.0, "forecast_order": self.forecast or 0}
         base.update(self.search)
         base["references"] = max(base["references"], base["batch"]) if base["references"] else 0
         return SearchConfig(**base)
@@ -121,7 +129,8 @@ class PruneConfig:
         e = self.level
         return RefineConfig(evaluations=e.evaluations if self.evaluations is None else self.evaluations,
                             n=e.held_out if self.held_out is None else self.held_out,
-                            repair_candidates=e.repair_candidates, seed=self.seed)
+                            repair_candidates=e.repair_candidates, seed=self.seed,
+                            orders=FORECAST_ORDERS if self.forecast is None else (self.forecast,))
 
 
 @dataclass

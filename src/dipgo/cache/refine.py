@@ -31,7 +31,7 @@ from ..models.checks import check_at_least
 from .driver import PipelineSampler
 from .heldout import HELD_OUT_SEED, held_out_images, held_out_psnr
 from .postprocess import pruned_ratio, schedule_at_ratio, schedule_from_mask
-from .schedule import Schedule
+from .schedule import FORECAST_ORDERS, Schedule
 from .search import uniform_mask
 
 
@@ -47,10 +47,14 @@ class RefineConfig:
     shift_share: float = 0.3
     neighbour_share: float = 0.4
     seed: int = 0
+    orders: tuple[int, ...] = (0, 1, 2)  # forecast orders each start is measured at (see hooks.forecast)
 
     def __post_init__(self):
         check_at_least(self.evaluations, 0, "evaluations")
         check_at_least(self.n, 1, "n (held-out images)")
+        if not self.orders or any(o not in FORECAST_ORDERS for o in self.orders):
+            raise DipgoError(f"orders must be a non-empty tuple of forecast orders from {FORECAST_ORDERS}, "
+                             f"got {self.orders!r}")
         if min(self.shift_share, self.neighbour_share) < 0 or self.shift_share + self.neighbour_share > 1:
             raise DipgoError("shift_share and neighbour_share must be >= 0 and sum to at most 1, got "
                              f"{self.shift_share} and {self.neighbour_share}")
@@ -74,6 +78,7 @@ class Scorer:
         self.sampler, self.result = sampler, result
         self.steps = result.config.num_inference_steps
         self.n, self.evaluations, self.budget = n, 0, budget
+        self.order = 0  # the forecast order the schedules it scores use
         self.bar = tqdm(total=budget, desc=desc, disable=not progress, dynamic_ncols=True)
         self.full = held_out_images(sampler, n) if full is None else full
 
@@ -81,7 +86,7 @@ class Scorer:
         r, m = self.result, self.result.meta
         return schedule_from_mask(mask, r.graph, r.profile, model_class=m["model_class"], config_hash=m["config_hash"],
                                   scheduler=m["scheduler"], num_inference_steps=self.steps, cfg=m.get("cfg", 1),
-                                  meta=meta)
+                                  meta=meta, forecast_order=self.order)
 
     @property
     def left(self) -> int:
@@ -207,15 +212,26 @@ def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dic
 
 
 def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result, rng: random.Random) -> dict[str, float]:
-    """Repair every start to the budget (or spend its slack), then its held-out PSNR; updates ``starts``."""
-    values: dict[str, float] = {}
+                    result, rng: random.Random) -> dict[tuple[str, int], float]:
+    """Repair every start to the budget (or spend its slack) at the first forecast order, then measure its
+    held-out PSNR at every order: one value per (start, order); updates ``starts``."""
+    values: dict[tuple[str, int], float] = {}
+    first, *others = cfg.orders
     for name, mask in list(starts.items()):
+        score.order = first
         if not fits(mask):
             mask = _repair(mask, ratio, score, cfg, result, rng)
-        values[name] = score(mask)
-        starts[name], values[name] = _grow(mask, values[name], ratio, score, cfg, result, rng)
+        value = score(mask)
+        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng)
+        for order in others:
+            score.order = order
+            values[name, order] = score(starts[name])
     return values
+
+
+def start_label(name: str, order: int) -> str:
+    """How a (start, forecast order) candidate is named in reports: ``uniform 7/20`` or ``search, order 1``."""
+    return name if order == 0 else f"{name}, order {order}"
 
 
 def _sweep(best: torch.Tensor, value: float, fits, score: Scorer, graph,
@@ -287,14 +303,16 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
         starts = {} if simple_only else {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
         starts.update(_simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol))
         values = _measure_starts(starts, fits, ratio, score, cfg, result, rng)
-        start = max(values, key=lambda k: (values[k], k == "search"))
-        history = [values[start]]
-        best, value = _sweep(starts[start], values[start], fits, score, graph, history)
+        (start, score.order) = max(values, key=lambda k: (values[k], k[0] == "search", -k[1]))
+        history = [values[start, score.order]]
+        best, value = _sweep(starts[start], history[0], fits, score, graph, history)
         best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
     finally:
         score.bar.close()
+    labels = {start_label(*k): v for k, v in values.items()}
+    won = start_label(start, score.order)
     schedule = score.schedule(best, meta={"method": "dipgo refined", "refine": {
-        "start": start, "held_out_psnr": round(value, 3), "starts": {k: round(v, 3) for k, v in values.items()},
+        "start": won, "held_out_psnr": round(value, 3), "starts": {k: round(v, 3) for k, v in labels.items()},
         "evaluations": score.evaluations, "n": cfg.n, "seed": HELD_OUT_SEED}})
     schedule.requested_ratio = ratio
-    return Refined(schedule, start, value, values, history, score.evaluations)
+    return Refined(schedule, won, value, labels, history, score.evaluations)

@@ -193,7 +193,9 @@ class Schedule:
         """A human-readable table of what is computed (#) and reused (.) per call."""
         width = max(len(b) for b in self.blocks)
         lines = [f"{self.model_class}, {self.scheduler} {self.num_inference_steps} steps, "
-                 f"{self.num_calls} calls; # computed, . reused from cache"]
+                 f"{self.num_calls} calls; # computed, . reused from cache"
+                 + ("" if not self.forecast_order else
+                    f" (forecast through the last {self.forecast_order + 1} computed values)")]
         for b in self.blocks:
             row = "".join("#" if self.computes(i, b) else "." for i in range(self.num_calls))
             lines.append(f"{b:>{width}} {row}")

@@ -1,0 +1,147 @@
+"""Forecasting backup connections: the extrapolation itself, its exactness on blocks whose outputs are
+polynomial in the call index, the search and the pipeline with a forecast, and old schedules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import generate_digits
+from torch import nn
+
+from dipgo.cache.hooks.forecast import forecast, push, weights
+from dipgo.cache.postprocess import with_forecast
+from dipgo.cache.runtime import attach, detach
+from dipgo.cache.schedule import Schedule, ScheduleError
+
+
+def test_weights_reproduce_polynomials_of_their_degree():
+    for calls, at in (([0, 1], 3), ([2, 5], 9), ([0, 1, 2], 4), ([1, 4, 6], 10)):
+        ws = weights(calls, at)
+        for degree in range(len(calls)):
+            assert sum(w * c ** degree for w, c in zip(ws, calls, strict=True)) == pytest.approx(at ** degree)
+
+
+def test_forecast_orders_on_values_tuples_and_none():
+    line = push(push(None, 0, torch.tensor(1.0), 1), 2, torch.tensor(5.0), 1)   # 1 + 2 * call
+    assert len(line) == 2
+    assert forecast(line, 3, 0).item() == 5.0                  # order 0: the newest value
+    assert forecast(line, 3, 1).item() == pytest.approx(7.0)   # on the line
+    assert forecast(line, 3, 2).item() == pytest.approx(7.0)   # order 2 with two values falls back to a line
+    h = None
+    for c in (0, 1, 2, 3):
+        h = push(h, c, (torch.tensor(float(c * c)), None), 2)
+    assert len(h) == 3 and [c for c, _ in h] == [1, 2, 3]
+    value, none = forecast(h, 5, 2)
+    assert none is None and value.item() == pytest.approx(25.0)
+    assert forecast(((1, torch.tensor(2.0)), (1, torch.tensor(3.0))), 4, 1).item() == 3.0  # a re-run call
+
+
+class Affine(nn.Module):
+    """Blocks whose outputs are affine in ``s``: with ``s`` affine in the call index, a forecast of order 1
+    from any two computed calls is exact."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x, s):
+        h = self.a(s * torch.ones(1, 4))
+        return x + self.c(self.b(h))
+
+
+def _schedule(steps: list[list[str]], order: int) -> Schedule:
+    return Schedule(model_class="Affine", config_hash="x", blocks=["a", "b"], num_inference_steps=len(steps),
+                    scheduler="custom", steps=steps, forecast_order=order)
+
+
+def _loop(model, calls: int) -> list[torch.Tensor]:
+    x, outs = torch.zeros(1, 4), []
+    for i in range(calls):
+        x = model(x, 0.5 * i + 1.0)
+        outs.append(x)
+    return outs
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_forecast_is_exact_on_affine_blocks_and_plain_reuse_is_not(order):
+    model = Affine().requires_grad_(False)
+    full = _loop(model, 7)
+    steps = [["a", "b"], ["a", "b"], ["a"], [], ["a", "b"], [], []]
+    results = {}
+    for o in (0, order):
+        att = attach(model, {"a": model.a, "b": model.b}, {"a": "output", "b": "output"},
+                     schedule=_schedule(steps, o))
+        try:
+            results[o] = _loop(model, 7)
+            assert att.state.reused == 7 and att.state.computed == 7
+        finally:
+            detach(model)
+    for f, r in zip(full, results[order], strict=True):
+        torch.testing.assert_close(r, f, rtol=1e-5, atol=1e-5)
+    assert (results[0][-1] - full[-1]).abs().max() > 1e-2
+    assert torch.equal(_loop(model, 7)[-1], full[-1])  # detached: the model runs as before
+
+
+def test_schedules_record_the_order_and_old_files_load_as_reuse(tmp_path):
+    s = _schedule([["a", "b"], ["a"], []], 2)
+    path = s.save(tmp_path / "s.json")
+    assert Schedule.load(path).forecast_order == 2
+    data = json.loads(path.read_text())
+    data.pop("forecast_order")
+    path.write_text(json.dumps(data))
+    assert Schedule.load(path).forecast_order == 0
+    for bad in (3, -1, 1.5, True, "1"):
+        data["forecast_order"] = bad
+        path.write_text(json.dumps(data))
+        with pytest.raises(ScheduleError, match="forecast_order"):
+            Schedule.load(path)
+
+
+def test_with_forecast_counts_the_calls_that_reuse_every_block():
+    """Where the model's output depends on one cached block (a UNet), a call that reuses every block is
+    skipped as a whole, but only without a forecast: the MACs say so."""
+    from dipgo.cache.postprocess import schedule_from_mask
+    from dipgo.models.adapters import BlockGraph
+    from dipgo.models.costs import CostProfile
+
+    graph = BlockGraph(["a", "b"], output_block="b")
+    profile = CostProfile(blocks=["a", "b"], block_macs=[30, 50], call_macs=100)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    s0 = schedule_from_mask(mask, graph, profile, model_class="M", config_hash="x", scheduler="S",
+                            num_inference_steps=4)
+    assert s0.macs == 3 * 20 + 30 * 3 + 50 * 2 and s0.macs_full == 400
+    s1 = with_forecast(s0, 1)
+    assert (s1.forecast_order, s1.macs, s0.forecast_order) == (1, s0.macs + 20, 0)
+    assert s1.achieved_ratio == pytest.approx(1 - s1.macs / 400, abs=1e-6)
+    assert with_forecast(s1, 0).macs == s0.macs
+    assert schedule_from_mask(mask, graph, profile, model_class="M", config_hash="x", scheduler="S",
+                              num_inference_steps=4, forecast_order=2).macs == s1.macs
+
+
+@pytest.mark.parametrize("pipe_name", ["sd_pipe", "dit_pipe"])
+def test_a_forecast_schedule_runs_a_pipeline_and_comes_off_cleanly(pipe_name, request):
+    """UNet (output caches) and DiT (residual caches): a forecast changes the images against plain reuse of
+    the same schedule, and removing it restores the pipeline bitwise. (Whether it helps depends on the
+    model and the schedule: that is for the held-out selection and the bench to measure.)"""
+    import dipgo
+    from dipgo.evaluate.baselines import DeepCache
+
+    pipe = request.getfixturevalue(pipe_name)
+
+    def run():
+        return generate_digits(pipe, (3, 7), seed=1, num_inference_steps=10, guidance_scale=3.0)
+
+    full = run()
+    reuse = DeepCache(3).bind(pipe, 10, 3.0).schedule
+    images = {}
+    for order in (0, 1):
+        dipgo.apply(pipe, with_forecast(reuse, order))
+        try:
+            images[order] = run()
+        finally:
+            dipgo.remove(pipe)
+    assert not torch.equal(images[0], images[1])
+    assert torch.equal(run(), full)
