@@ -50,7 +50,7 @@ def run_search(src: Path, out: Path, seed: int) -> dict:
     wall = time.perf_counter() - t0
     data = json.loads(out.read_text())
     seconds = data["meta"]["search"]["seconds"]
-    history = [x["consistency"] for x in torch.load(out.with_suffix(".ckpt"), weights_only=False)["history"]]
+    history = [x["consistency"] for x in torch.load(out.with_suffix(".ckpt"), weights_only=True)["history"]]
     return {"seed": seed, "search_seconds": seconds, "seconds_per_iteration": seconds / 60,
             "process_wall_seconds": round(wall, 1), "achieved_ratio": data["achieved_ratio"],
             "macs_speedup": data["macs_full"] / data["macs"], "history": history, "path": out}

@@ -37,7 +37,8 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from dipgo.fileio import atomic_path  # noqa: E402
+from dipgo.errors import DipgoError  # noqa: E402
+from dipgo.fileio import atomic_path, read_checkpoint  # noqa: E402
 from dipgo.zoo.mnist import DIGIT_NAMES, load_mnist, prompt_for  # noqa: E402
 from dipgo.zoo.tokenizer import write_tokenizer  # noqa: E402
 
@@ -98,10 +99,11 @@ def atomic_save(obj, path: Path) -> None:
 def load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated file from a killed run: say so and refuse to silently restart
-        raise SystemExit(f"checkpoint {path} is unreadable ({err}); delete it to train from scratch") from err
+    try:  # tensors and plain values only: a checkpoint from elsewhere cannot run code here
+        return read_checkpoint(path, "training checkpoint", {"model": dict, "opt": dict, "rng": torch.Tensor,
+                                                             "step": int})
+    except DipgoError as err:  # a truncated file from a killed run: say so and refuse to silently restart
+        raise SystemExit(str(err)) from err
 
 
 class EMA:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..dist import World, world
 from ..errors import DipgoError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_checkpoint
 from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
 from ..models.costs import CostProfile, profile_denoiser
 from ..models.similarity import psnr, ssim
@@ -278,6 +278,8 @@ class SearchCheckpoint:
     """Atomic save / exact resume of a search; refuses a checkpoint of a different search."""
 
     IGNORED = ("iterations", "checkpoint_every", "grad_checkpointing")  # may change between runs
+    FIELDS = {"pruner": dict, "opt": dict, "iteration": int, "history": list, "rng": torch.Tensor,
+              "elapsed": (float, int), "config": dict, "fingerprint": dict}
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
@@ -294,11 +296,18 @@ class SearchCheckpoint:
     def _read(self) -> dict | None:
         if not self.path.exists():
             return None
-        try:
-            return torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise DipgoError(f"search checkpoint {self.path} is corrupt or truncated ({err}); delete it to start "
-                             "over") from err
+        state = read_checkpoint(self.path, "search checkpoint", self.FIELDS)
+        iteration, history = state["iteration"], state["history"]
+        fix = "delete it to start over"
+        if iteration < 0 or iteration != len(history):
+            raise DipgoError(f"search checkpoint {self.path}: field 'iteration' ({iteration}) must equal the length "
+                             f"of field 'history' ({len(history)}); {fix}")
+        if not all(isinstance(row, dict) for row in history):
+            raise DipgoError(f"search checkpoint {self.path}: field 'history' must be a list of dicts; {fix}")
+        if not math.isfinite(state["elapsed"]) or state["elapsed"] < 0:
+            raise DipgoError(f"search checkpoint {self.path}: field 'elapsed' must be a time >= 0, got "
+                             f"{state['elapsed']}; {fix}")
+        return state
 
     def restore(self, search: Search) -> bool:
         if self.path is None:
@@ -306,17 +315,21 @@ class SearchCheckpoint:
         state = search.world.on_main(self._read)  # rank 0 reads; nodes need no shared disk
         if state is None:
             return False
-        theirs = state.get("config", {})
+        theirs = state["config"]
         differs = {k: (theirs.get(k), v) for k, v in asdict(search.cfg).items()
                    if k not in self.IGNORED and theirs.get(k) != v}
-        if differs or state.get("fingerprint") != search.fingerprint():
-            what = differs or "the model, blocks or calibration"
+        if differs or state["fingerprint"] != search.fingerprint():
+            what = differs or "the model, blocks or calibration (field 'fingerprint')"
             raise DipgoError(f"checkpoint {self.path} is from a different search (settings differ: {what}); "
                              "use another --checkpoint path or delete it")
-        search.pruner.load_state_dict(state["pruner"])
-        search.opt.load_state_dict(state["opt"])
+        for name, load in (("pruner", search.pruner.load_state_dict), ("opt", search.opt.load_state_dict),
+                           ("rng", search.rng.set_state)):
+            try:
+                load(state[name])
+            except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+                raise DipgoError(f"search checkpoint {self.path}: field {name!r} does not fit this search ({err}); "
+                                 "delete it to start over") from err
         search.iteration, search.history, search.elapsed = state["iteration"], state["history"], state["elapsed"]
-        search.rng.set_state(state["rng"])
         return True
 
 

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import DipgoError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_checkpoint
 from .calibration import Calibration
 from .checks import check_at_least, check_choice
 from .data import TrainingSet, teacher_set, with_unconditional
@@ -242,38 +242,53 @@ def _save(path: Path, student: nn.Module, opt: torch.optim.Optimizer, step: int,
         torch.save(state, tmp)
 
 
-def _restore(path: Path, student: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
-             config: DistillConfig, fingerprint: dict, average: _Average | None) -> tuple[int, list]:
-    """Load a checkpoint of *this* distillation into student, optimizer and generator; refuse any other."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        step, history, theirs = int(state["step"]), list(state["history"]), dict(state["config"])
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise DipgoError(f"distillation checkpoint {path} is corrupt or truncated ({err}); delete it to start "
-                         "over") from err
+CHECKPOINT_FIELDS = {"student": dict, "opt": dict, "step": int, "rng": torch.Tensor, "history": list,
+                     "config": dict, "fingerprint": dict, "ema": (list, type(None))}
+
+
+def _read(path: Path, config: DistillConfig, fingerprint: dict) -> dict:
+    """The checkpoint at ``path``, once it is known to be a dipgo distillation checkpoint of *this* run."""
+    state = read_checkpoint(path, "distillation checkpoint", CHECKPOINT_FIELDS)
+    step, history, theirs = state["step"], state["history"], state["config"]
+    fix = "delete it or use another checkpoint path"
+    if step < 0 or step != len(history) or not all(isinstance(row, dict) for row in history):
+        raise DipgoError(f"distillation checkpoint {path}: field 'step' ({step}) must equal the length of field "
+                         f"'history' ({len(history)}), a list of dicts; {fix}")
     differs = {k: (theirs.get(k), v) for k, v in asdict(config).items() if k not in RESUMABLE and theirs.get(k) != v}
-    if differs or state.get("fingerprint") != fingerprint:
-        what = differs or f"the pruned model or the training set ({state.get('fingerprint')} vs {fingerprint})"
-        raise DipgoError(f"checkpoint {path} is from a different distillation (differs: {what}); delete it or "
-                         "use another checkpoint path")
+    if differs or state["fingerprint"] != fingerprint:
+        what = differs or (f"the pruned model or the training set, field 'fingerprint' ({state['fingerprint']} "
+                           f"vs {fingerprint})")
+        raise DipgoError(f"checkpoint {path} is from a different distillation (differs: {what}); {fix}")
     if step > config.steps:
         raise DipgoError(f"checkpoint {path} is at step {step}, past steps={config.steps}; raise steps, delete it "
                          "or use another checkpoint path")
+    return state
+
+
+def _restore(path: Path, student: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator,
+             config: DistillConfig, fingerprint: dict, average: _Average | None) -> tuple[int, list]:
+    """Load a checkpoint of *this* distillation into student, optimizer and generator; refuse any other."""
+    state = _read(path, config, fingerprint)
+    fix = "delete it or use another checkpoint path"
+    shadow = state["ema"]
+    if average is not None and (shadow is None or len(shadow) != len(average.shadow) or not all(
+            isinstance(saved, torch.Tensor) and saved.shape == mine.shape
+            for mine, saved in zip(average.shadow, shadow, strict=True))):
+        raise DipgoError(f"checkpoint {path}: field 'ema' holds no moving average for these parameters; {fix}")
     try:
         student.load_state_dict(state["student"])
-    except RuntimeError as err:
-        raise DipgoError(f"checkpoint {path} is from a different model ({err}); delete it or use another "
-                         "checkpoint path") from err
-    opt.load_state_dict(state["opt"])
-    g.set_state(state["rng"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise DipgoError(f"checkpoint {path} is from a different model, field 'student' ({err}); {fix}") from err
+    for name, load in (("opt", opt.load_state_dict), ("rng", g.set_state)):
+        try:
+            load(state[name])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+            raise DipgoError(f"distillation checkpoint {path}: field {name!r} does not fit this run ({err}); "
+                             f"{fix}") from err
     if average is not None:
-        shadow = state.get("ema")
-        if shadow is None or len(shadow) != len(average.shadow):
-            raise DipgoError(f"checkpoint {path} holds no moving average for these parameters; delete it or use "
-                             "another checkpoint path")
         for mine, saved in zip(average.shadow, shadow, strict=True):
             mine.copy_(saved)
-    return step, history
+    return state["step"], state["history"]
 
 
 def learning_rate(config: DistillConfig, step: int) -> float:
