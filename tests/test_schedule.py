@@ -1,6 +1,7 @@
 """Schedule files: round trip, atomic writes, and clear refusals of corrupt or mismatched schedules."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -54,6 +55,60 @@ def test_invalid_contents():
         make(steps=[["a"], [], [], []])
     with pytest.raises(ScheduleError, match="cache mode"):
         make(cache_modes={"a": "sometimes"})
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"steps": [["a", "b", "c"], ["a"]]}, "steps"),                 # 2 rows when num_inference_steps is 4
+    ({"steps": [["a", "b", "c"], "a", [], []]}, "steps[1]"),         # a row given as a string
+    ({"steps": [["a", "b", "c"], ["a", 3], [], []]}, "steps[1]"),    # a block name that is not a string
+    ({"steps": [["a", "b", "c"], ["a", "a"], [], []]}, "steps"),     # a block twice in one row
+    ({"steps": "abc"}, "steps"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps"),
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"num_inference_steps": True}, "num_inference_steps"),
+    ({"branches": 0}, "branches"),
+    ({"branches": 1.5}, "branches"),
+    ({"cache_modes": {"zzz": "output"}}, "cache_modes"),            # a mode for a block that is not in blocks
+    ({"cache_modes": ["a"]}, "cache_modes"),
+    ({"macs": -1}, "macs"),
+    ({"macs_full": -5}, "macs_full"),
+    ({"macs": 10, "macs_full": 5}, "macs"),
+    ({"macs": 1.5}, "macs"),
+    ({"achieved_ratio": 1.0}, "achieved_ratio"),
+    ({"achieved_ratio": -0.1}, "achieved_ratio"),
+    ({"requested_ratio": 2}, "requested_ratio"),
+    ({"requested_ratio": "0.5"}, "requested_ratio"),
+    ({"requested_ratio": float("nan")}, "requested_ratio"),
+    ({"blocks": ["a", 2, "c"]}, "blocks"),
+    ({"blocks": "abc"}, "blocks"),
+    ({"meta": []}, "meta"),
+    ({"model_class": 3}, "model_class"),
+    ({"scheduler": None}, "scheduler"),
+    ({"output_block": "zzz"}, "output_block"),
+])
+def test_the_loader_names_each_bad_field(tmp_path, change, field):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({**make().to_dict(), **change}))
+    with pytest.raises(ScheduleError, match=f"s.json: .*{re.escape(repr(field))}"):
+        Schedule.load(path)
+
+
+def test_the_loader_names_missing_and_unexpected_fields(tmp_path):
+    path, good = tmp_path / "s.json", make().to_dict()
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "cache_modes"}))
+    with pytest.raises(ScheduleError, match=r"missing: \['cache_modes'\]"):
+        Schedule.load(path)
+    path.write_text(json.dumps({**good, "stepz": []}))
+    with pytest.raises(ScheduleError, match=r"unexpected: \['stepz'\]"):
+        Schedule.load(path)
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "forecast_order"}))
+    assert Schedule.load(path) == make()  # written before forecasting: it means order 0
+
+
+def test_calls_may_exceed_steps():
+    """PLMS calls the model once more than its steps, and ``branches=2`` doubles the calls."""
+    assert make(steps=[["a", "b", "c"], ["a"], [], ["a", "c"], ["a"]]).num_calls == 5
+    assert make(branches=2, steps=[["a", "b", "c"]] * 2 + [["a"], []] * 3).num_calls == 8
 
 
 def test_check_names_every_difference():

@@ -13,7 +13,9 @@ cond and uncond share the call; pipelines that call cond and uncond separately u
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from ..models.identity import config_hash
 
 SCHEMA_VERSION = 1
 FORECAST_ORDERS = (0, 1, 2)
+# Fields added after the first version-1 files were written: a file without one means its default.
+LATER_FIELDS = ("forecast_order",)
 
 
 def _pipeline_lines(rec: dict | None) -> list[str]:
@@ -44,6 +48,30 @@ def _pipeline_lines(rec: dict | None) -> list[str]:
 
 class ScheduleError(DipgoError):
     """A schedule file that is corrupt, or that does not fit the pipeline it is applied to."""
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _require(ok: bool, name: str, rule: str, value) -> None:
+    """Raise a :class:`ScheduleError` naming field ``name`` unless ``ok``."""
+    if not ok:
+        raise ScheduleError(f"schedule field {name!r} must be {rule}, got {_short(value)}; re-run 'dipgo prune' "
+                            "or fix the file")
+
+
+def _is_text_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
 
 
 @dataclass
@@ -74,25 +102,74 @@ class Schedule:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
+        """Raise a :class:`ScheduleError` naming the first field that is missing, of the wrong type or out of
+        range, or that contradicts another."""
+        self._validate_header()
+        self._validate_steps()
+        self._validate_costs()
+
+    def _validate_header(self) -> None:
+        for name in ("model_class", "config_hash", "scheduler"):
+            _require(isinstance(getattr(self, name), str), name, "a string", getattr(self, name))
+        _require(_is_text_list(self.blocks), "blocks", "a list of block names (non-empty strings)", self.blocks)
         if not self.blocks:
-            raise ScheduleError("schedule has no blocks")
+            raise ScheduleError("schedule has no blocks (field 'blocks' is empty)")
         if len(set(self.blocks)) != len(self.blocks):
-            raise ScheduleError(f"schedule lists a block twice: {self.blocks}")
-        if self.num_inference_steps < 1 or not self.steps:
-            raise ScheduleError("schedule has no steps")
-        known = set(self.blocks)
-        for i, kept in enumerate(self.steps):
-            unknown = set(kept) - known
-            if unknown:
-                raise ScheduleError(f"step {i} computes unknown block(s) {sorted(unknown)}; blocks are {self.blocks}")
-        for i in range(min(self.branches, len(self.steps))):
-            if set(self.steps[i]) != known:
-                raise ScheduleError(f"call {i} must compute every block (nothing is cached yet)")
+            raise ScheduleError(f"schedule lists a block twice in field 'blocks': {self.blocks}")
+        _require(_is_int(self.num_inference_steps) and self.num_inference_steps >= 1, "num_inference_steps",
+                 "an integer >= 1", self.num_inference_steps)
+        _require(_is_int(self.branches) and self.branches >= 1, "branches",
+                 "an integer >= 1 (denoiser calls per step with their own caches)", self.branches)
+        _require(self.output_block is None or self.output_block in self.blocks, "output_block",
+                 "null or one of the schedule's blocks", self.output_block)
+        _require(isinstance(self.meta, dict), "meta", "a dict", self.meta)
         if isinstance(self.forecast_order, bool) or self.forecast_order not in FORECAST_ORDERS:
             raise ScheduleError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
+        _require(isinstance(self.cache_modes, dict) and all(isinstance(m, str) for m in self.cache_modes.values()),
+                 "cache_modes", "a dict from block name to cache mode", self.cache_modes)
+        unknown = sorted(set(self.cache_modes) - set(self.blocks), key=str)
+        if unknown:
+            raise ScheduleError(f"schedule field 'cache_modes' names block(s) {unknown} that are not in field "
+                                f"'blocks' {self.blocks}; re-run 'dipgo prune' or fix the file")
         bad_modes = {m for m in self.cache_modes.values() if m.partition(":")[0] not in ("output", "residual")}
         if bad_modes:
-            raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)}; use 'output' or 'residual[:inputs]'")
+            raise ScheduleError(f"unknown cache mode(s) {sorted(bad_modes)} in field 'cache_modes'; use 'output' or "
+                                "'residual[:inputs]'")
+
+    def _validate_steps(self) -> None:
+        _require(isinstance(self.steps, list), "steps", "a list with one list of block names per denoiser call",
+                 self.steps)
+        if not self.steps:
+            raise ScheduleError("schedule has no steps (field 'steps' is empty)")
+        if len(self.steps) < self.num_inference_steps:
+            raise ScheduleError(f"schedule field 'steps' has {len(self.steps)} rows, but num_inference_steps="
+                                f"{self.num_inference_steps} needs at least one per step (one per denoiser call); "
+                                "re-run 'dipgo prune' or fix the file")
+        known = set(self.blocks)
+        for i, kept in enumerate(self.steps):
+            _require(isinstance(kept, list) and all(isinstance(b, str) for b in kept), f"steps[{i}]",
+                     "a list of block names", kept)
+            unknown = set(kept) - known
+            if unknown:
+                raise ScheduleError(f"step {i} (field 'steps') computes unknown block(s) {sorted(unknown)}; blocks "
+                                    f"are {self.blocks}")
+            if len(set(kept)) != len(kept):
+                raise ScheduleError(f"step {i} (field 'steps') lists a block twice: {kept}")
+        for i in range(min(self.branches, len(self.steps))):
+            if set(self.steps[i]) != known:
+                raise ScheduleError(f"call {i} must compute every block (nothing is cached yet; field 'steps')")
+
+    def _validate_costs(self) -> None:
+        for name in ("macs", "macs_full"):
+            value = getattr(self, name)
+            _require(value is None or (_is_int(value) and value >= 0), name, "null or an integer >= 0", value)
+        if self.macs is not None and self.macs_full is not None and self.macs > self.macs_full:
+            raise ScheduleError(f"schedule field 'macs' ({self.macs}) exceeds field 'macs_full' ({self.macs_full}); "
+                                "re-run 'dipgo prune' or fix the file")
+        for name in ("requested_ratio", "achieved_ratio"):
+            value = getattr(self, name)
+            _require(value is None or (_is_number(value) and 0 <= value < 1), name, "null or a number in [0, 1)",
+                     value)
 
     @property
     def num_calls(self) -> int:
@@ -222,10 +299,13 @@ class Schedule:
             raise ScheduleError(f"schedule format version {d.get('version')} is not supported "
                                 f"(this dipgo reads version {SCHEMA_VERSION}); re-run 'dipgo prune'")
         fields = {k: v for k, v in d.items() if k != "format"}
-        try:
-            return cls(**fields)
-        except TypeError as err:
-            raise ScheduleError(f"schedule file has missing or unexpected fields: {err}") from err
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(fields) - set(LATER_FIELDS))
+        unexpected = sorted(set(fields) - names)
+        if missing or unexpected:
+            raise ScheduleError(f"schedule file has missing or unexpected fields (missing: {missing}, unexpected: "
+                                f"{unexpected}); re-run 'dipgo prune'")
+        return cls(**fields)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a temp file in the same folder, then an atomic rename."""
@@ -242,4 +322,7 @@ class Schedule:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ScheduleError(f"schedule file {path} is corrupt or truncated ({err}); re-run 'dipgo prune'") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ScheduleError as err:
+            raise ScheduleError(f"schedule file {path}: {err}") from err
