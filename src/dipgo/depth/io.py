@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import DipgoError
 from ..models.folders import INFO as LAYERS_INFO
-from ..models.folders import load_edited, read_info, write_info
+from ..models.folders import bad_field, is_count, load_edited, read_info, write_info
 from ..models.folders import load_pruned as load_layers
 from ..models.pipelines import denoiser_of
 from ..models.surgery import swap
@@ -23,6 +23,11 @@ from .forms import MERGED, MergedConv, MergedDepthwisePoint, MergedLinear, Merge
 
 INFO = "dipgo-depth.json"
 FORMAT, VERSION = "dipgo-depth", 1
+# Each merged op's recorded shape: the integer fields and their lowest values (MergedConv adds temb_dim,
+# null or an integer, and time_act, a bool).
+SPEC_FIELDS = {"MergedConv": {"c_in": 1, "c_out": 1, "kernel": 1, "stride": 1, "padding": 0},
+               "MergedLinear": {"dim": 1}, "MergedDepthwisePoint": {"channels": 1, "kernel": 1, "padding": 0},
+               "MergedTransformer": {"dim": 1}}
 
 
 def save_depth(pipe, folder: str | Path, info: dict | None = None) -> Path:
@@ -33,6 +38,24 @@ def save_depth(pipe, folder: str | Path, info: dict | None = None) -> Path:
                          "dipgo.models.folders.save_pruned, an unpruned one with pipe.save_pretrained")
     return write_info(pipe, Path(folder), INFO, {"format": FORMAT, "version": VERSION, "merged": merged,
                                                  **(info or {})})
+
+
+def _check_merged(info: dict, path: Path) -> None:
+    """Field 'merged' of a depth record: block name -> the shape of its merged op (:data:`SPEC_FIELDS`)."""
+    merged = info.get("merged")
+    bad_field(path, "merged", "a non-empty dict from block name to merged-op shape", merged,
+              isinstance(merged, dict) and merged and all(isinstance(n, str) and n for n in merged))
+    for name, spec in merged.items():
+        where = f"merged[{name!r}]"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        bad_field(path, where, f"a dict whose 'type' is one of {sorted(SPEC_FIELDS)}", spec, kind in SPEC_FIELDS)
+        for key, low in SPEC_FIELDS[kind].items():
+            bad_field(path, f"{where}.{key}", f"an integer >= {low}", spec.get(key), is_count(spec.get(key), low))
+        if kind == "MergedConv":
+            temb = spec.get("temb_dim")
+            bad_field(path, f"{where}.temb_dim", "null or an integer >= 1", temb, temb is None or is_count(temb, 1))
+            act = spec.get("time_act")
+            bad_field(path, f"{where}.time_act", "true or false", act, isinstance(act, bool))
 
 
 def build_merged(stock: nn.Module, spec: dict) -> nn.Module:
@@ -69,8 +92,9 @@ def load_pruned(folder: str | Path, base=None, dtype: torch.dtype = torch.float3
     pipeline class. ``base``: the pipeline it must come from (another architecture is refused)."""
     folder = Path(folder)
     if (folder / INFO).is_file():
-        info = read_info(folder, INFO, FORMAT, VERSION, "depth-pruned")
-        return load_edited(folder, info, lambda model: merge_specs(model, info["merged"]), base, dtype)
+        info = read_info(folder, INFO, FORMAT, VERSION, "depth-pruned", check=_check_merged)
+        return load_edited(folder, info, lambda model: merge_specs(model, info["merged"]), base, dtype,
+                           recorded="merged")
     if (folder / LAYERS_INFO).is_file():
         return load_layers(folder, base, dtype)
     raise DipgoError(f"{folder} is not a dipgo pruned folder (no {INFO} or {LAYERS_INFO}); load an unpruned "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,15 +146,31 @@ class Calibration:
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are ignored."""
+    """One prompt per line of UTF-8 text; blank lines and lines starting with '#' are ignored, and so is a
+    byte-order mark. A line holding control characters (other than tabs) is refused, naming the line: the
+    file is binary, or was cut or corrupted."""
     path = Path(path)
     if not path.is_file():
-        raise DipgoError(f"prompts file {path} does not exist; give a text file with one prompt per line")
+        raise DipgoError(f"prompts file {path} does not exist or is not a file; give a text file with one prompt "
+                         "per line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
-        raise DipgoError(f"prompts file {path} is not UTF-8 text ({err})") from err
-    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        raise DipgoError(f"prompts file {path} is not UTF-8 text, or is corrupt or truncated inside a character "
+                         f"({err}); save it as UTF-8 text, one prompt per line") from err
+    except OSError as err:
+        raise DipgoError(f"prompts file {path} cannot be read ({err})") from err
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        control = sorted({c for c in text if unicodedata.category(c) == "Cc" and c != "\t"})
+        if control:
+            codes = ", ".join(f"U+{ord(c):04X}" for c in control)
+            raise DipgoError(f"prompts file {path} line {number} holds control characters ({codes}): the file is "
+                             "binary or corrupt; give a text file with one prompt per line")
+        prompts.append(text)
     if not prompts:
         raise DipgoError(f"prompts file {path} is empty; write one prompt per line")
     return prompts
