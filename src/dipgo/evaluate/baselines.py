@@ -12,9 +12,15 @@ string (``dipgo eval --method SPEC``)::
     fbcache:0.1                          first-block cache, threshold 0.1 (diffusers' hook where it
                                          applies; ``impl=dipgo`` forces our own)
     schedule:FILE                        a dipgo schedule file
+    taylorseer:3[,order=2,warmup=3,scope=modules|blocks]   diffusers' caches, through diffusers' own
+    magcache:0.06[,max_skip=3,retention=0.2,calib=4]       hooks (:mod:`dipgo.evaluate.diffusers_caches`:
+    seacache:0.25[,order=1,retention=1,end=1,max_skip=2]   where each applies, how MagCache is
+    fastercache:2[,uncond=5,tmax=681,uncond_tmax=641]      calibrated, how their MACs are probed)
+    pab:2[,cross=4,tmin=100,tmax=800]
 
 DeepCache and the fewer-steps baseline are static schedules (the runtime executes them like a
-DiP-GO schedule, so MACs are accounted identically); the first-block cache is dynamic.
+DiP-GO schedule, so MACs are accounted identically); the first-block cache and diffusers' caches are
+dynamic. :func:`applies` says whether a method can be bound to a pipeline, and why not.
 """
 
 from __future__ import annotations
@@ -32,27 +38,12 @@ from ..errors import DipgoError
 from ..models.adapters import BlockGraph, block_graph, resolve_blocks
 from ..models.costs import profile_denoiser
 from ..models.pipelines import capture_denoiser_call, denoiser_of, num_calls
+from .applied import Applied
+from .diffusers_caches import METHODS as DIFFUSERS_METHODS
+from .diffusers_caches import applies  # noqa: F401  (re-exported for the bench)
 
 
 # ----------------------------------------------------------------------------------------- applied
-class Applied:
-    """A method bound to one pipeline and step count."""
-
-    label = "full"
-
-    def __init__(self, pipe, num_inference_steps: int):
-        self.pipe, self.num_inference_steps = pipe, num_inference_steps
-
-    def enable(self) -> None:
-        pass
-
-    def disable(self) -> None:
-        pass
-
-    def before_generation(self) -> None:
-        pass
-
-
 class AppliedSchedule(Applied):
     def __init__(self, pipe, schedule: Schedule, label: str):
         super().__init__(pipe, schedule.num_inference_steps)
@@ -346,7 +337,8 @@ def _value(text: str):
 
 METHODS = {"full": (Full, ()), "steps": (FewerSteps, ("steps",)),
            "deepcache": (DeepCache, ("interval", "branch", "mode")),
-           "fbcache": (FirstBlockCache, ("threshold", "impl")), "schedule": (FromSchedule, ("path",))}
+           "fbcache": (FirstBlockCache, ("threshold", "impl")), "schedule": (FromSchedule, ("path",)),
+           **DIFFUSERS_METHODS}
 
 
 def parse_method(spec: str):

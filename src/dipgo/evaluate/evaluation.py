@@ -5,7 +5,9 @@ What is measured, and how:
 * ``macs`` / ``macs_full``: denoiser MACs per image (CFG included) of what *actually ran*: an
   :class:`~dipgo.models.costs.ExecutionProbe` records the blocks computed in every call of every batch, and
   the per-block MACs come from the ATen-level counter. Dynamic methods (first-block cache) are
-  accounted the same way as static schedules.
+  accounted the same way as static schedules. A method that skips modules inside the blocks (attention
+  in PAB, predicted modules in TaylorSeer) names them in its ``probe_units``, and the probe watches those
+  instead; a call that ran on part of the batch (FasterCache's CFG cache) counts that part.
 * ``latency_ms`` / ``latency_full_ms``: wall-clock per image of the whole pipeline call (text encoder,
   denoiser, scheduler, VAE), median over batches with the 25-75 % spread; the first batch of each
   run is a warm-up and is not counted (its images are). On CUDA it is timed with CUDA events.
@@ -95,19 +97,22 @@ class Evaluator:
         denoiser = denoiser_of(pipe)
         self.device = next(denoiser.parameters()).device
         fine = "fine" if hasattr(denoiser, "up_blocks") else "coarse"  # finest graph: any block skip shows
-        graph = block_graph(denoiser, fine)
-        blocks = resolve_blocks(denoiser, graph.names)
-        args, kwargs = capture_denoiser_call(pipe, self.calibration)
+        self._call = capture_denoiser_call(pipe, self.calibration)
+        self.profile, self.probe = self._probe(block_graph(denoiser, fine).names)
+        self.cfg = 2 if guidance_scale > 1 else 1
+
+    def _probe(self, names: list[str]) -> tuple[CostProfile, ExecutionProbe]:
+        """The cost profile of these units (blocks, or the modules a method skips inside them) and a probe on them."""
+        denoiser = denoiser_of(self.pipe)
+        blocks = resolve_blocks(denoiser, names)
+        args, kwargs = self._call
         profile = profile_denoiser(denoiser, blocks, args, kwargs)
         # Blocks that cost nothing (layers removed by layer pruning are identities) need no probe, and have
         # nothing of their own to probe: leave them out.
         free = {n for n, m in zip(profile.blocks, profile.block_macs, strict=True) if m == 0}
         blocks = {n: m for n, m in blocks.items() if n not in free}
-        self.profile: CostProfile = CostProfile(list(blocks), [m for n, m in zip(profile.blocks, profile.block_macs,
-                                                                                 strict=True) if n not in free],
-                                                profile.call_macs)
-        self.probe = ExecutionProbe(denoiser, blocks, args, kwargs)
-        self.cfg = 2 if guidance_scale > 1 else 1
+        kept = [m for n, m in zip(profile.blocks, profile.block_macs, strict=True) if n not in free]
+        return CostProfile(list(blocks), kept, profile.call_macs), ExecutionProbe(denoiser, blocks, args, kwargs)
 
     def close(self) -> None:
         self.probe.remove()
@@ -123,6 +128,8 @@ class Evaluator:
         seed = self.seed if seed is None else seed
         conditions = self.calibration.cycle(n)
         mine = self.world.shard(n)  # this process's images (all of them in one process)
+        units = getattr(applied, "probe_units", None)  # a method that skips modules inside the blocks
+        profile, probe = self._probe(units) if units else (self.profile, self.probe)
         applied.enable()
         try:
             images, times, macs = [], [], []
@@ -132,15 +139,17 @@ class Evaluator:
                 chunk = conditions[start:min(start + self.batch, mine.stop)]
                 gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
                 applied.before_generation()
-                self.probe.clear()
+                probe.clear()
                 with Stopwatch(self.device) as watch:
                     out = self.pipe(**call_kwargs(self.pipe, self.calibration, chunk, gens,
                                                   applied.num_inference_steps, self.guidance, output_type="pt"))
                 times.append(watch.ms / len(chunk))
-                macs.append((self.probe.macs(self.profile, self.cfg), len(chunk)))
+                macs.append((probe.macs(profile, self.cfg), len(chunk)))
                 images.append(as_images(out.images))
         finally:
             applied.disable()
+            if probe is not self.probe:
+                probe.remove()
         # every process's first batch is its warm-up
         parts = self.world.gather((images, times[1:] if len(times) > 1 else times, macs))
         images = [im for p in parts for im in p[0]]
@@ -189,8 +198,11 @@ def evaluate(pipe, method, num_inference_steps: int, n: int = 256, seed: int = 0
              batch: int = 32, progress: bool = True, calibration: Calibration | None = None,
              judge: Judge | None = None) -> dict:
     """Sample ``n`` images with ``method`` and with the full model; return the record of :data:`KEYS`."""
-    from .baselines import Full
+    from .baselines import Full, applies
 
+    ok, why = applies(method, pipe)
+    if not ok:  # before any sampling
+        raise DipgoError(why)
     ev = Evaluator(pipe, n, seed, guidance_scale, batch, calibration, judge)
     try:
         full = ev.run(Full().bind(pipe, num_inference_steps, guidance_scale), progress)

@@ -231,6 +231,7 @@ class ExecutionProbe:
     def __init__(self, denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], args: tuple, kwargs: dict):
         self.names = list(blocks)
         self.rows: list[set[str]] = []
+        self.batches: list[int] = []  # per call, the batch its first probed layer ran on (0: none ran)
         self._inside: set[str] = set()
         self._handles = []
         for name, block in blocks.items():
@@ -261,15 +262,29 @@ class ExecutionProbe:
         inner = {id(m) for b in blocks.values() for m in b.modules()}
         outside = [m for m in denoiser.modules() if id(m) not in inner and not list(m.children())
                    and any(True for _ in m.parameters(recurse=False))]
-        self._handles.append(denoiser.register_forward_pre_hook(lambda m, a: self.rows.append(set())))
+        self._handles.append(denoiser.register_forward_pre_hook(lambda m, a: self._call()))
         for name, leaf in first.items():
-            self._handles.append(leaf.register_forward_pre_hook(lambda m, a, name=name: self._seen(name)))
+            self._handles.append(leaf.register_forward_pre_hook(lambda m, a, name=name: self._seen(name, a)))
         if outside:
-            self._handles.append(outside[0].register_forward_pre_hook(lambda m, a: self._seen(OUTSIDE)))
+            self._handles.append(outside[0].register_forward_pre_hook(lambda m, a: self._seen(OUTSIDE, a)))
 
-    def _seen(self, name: str) -> None:
+    def _call(self) -> None:
+        self.rows.append(set())
+        self.batches.append(0)
+
+    def _seen(self, name: str, inputs: tuple) -> None:
         if self.rows and (name == OUTSIDE or name in self._inside):
             self.rows[-1].add(name)
+            x = inputs[0] if inputs else None
+            if not self.batches[-1] and torch.is_tensor(x) and x.ndim:
+                self.batches[-1] = int(x.shape[0])
+
+    def shares(self) -> torch.Tensor:
+        """Per call seen since ``clear``, the share of the largest batch of those calls that it ran on: all 1 unless
+        a method ran some calls on part of the batch (FasterCache computes only the conditional half of a CFG
+        batch in some calls; the denoiser sees the whole batch, the layers inside it the half)."""
+        full = max(self.batches, default=0)
+        return torch.tensor([b / full if b and full else 1.0 for b in self.batches], dtype=torch.float64)
 
     def mask(self) -> torch.Tensor:
         """(calls seen since the last ``clear``, blocks) 0/1: which blocks ran in each call."""
@@ -277,13 +292,17 @@ class ExecutionProbe:
 
     def macs(self, profile: CostProfile, cfg: int = 1) -> float:
         """MACs of the calls seen since ``clear``: per call, the blocks that ran plus the outside work
-        when it ran (batch 1, times ``cfg`` for a CFG-doubled batch)."""
+        when it ran (batch 1, times ``cfg`` for a CFG-doubled batch, times the call's :meth:`shares`)."""
+        if not self.rows:
+            return 0.0
         block = torch.tensor(profile.block_macs, dtype=torch.float64)
-        ran_outside = sum(1 for row in self.rows if OUTSIDE in row)
-        return cfg * (ran_outside * profile.outside_macs + float((self.mask().double() @ block).sum()))
+        outside = torch.tensor([float(OUTSIDE in row) for row in self.rows], dtype=torch.float64)
+        per_call = outside * profile.outside_macs + self.mask().double() @ block
+        return cfg * float(self.shares() @ per_call)
 
     def clear(self) -> None:
         self.rows.clear()
+        self.batches.clear()
 
     def remove(self) -> None:
         for h in self._handles:
