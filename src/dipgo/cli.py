@@ -532,7 +532,12 @@ def _eval_parser(sub) -> None:
     ev.add_argument("model", help="zoo name, diffusers folder or hub id")
     ev.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     ev.add_argument("--method", default=None, help="full | steps:K | deepcache:N[,branch=B,mode=nonuniform] | "
-                    "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE")
+                    "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE | diffusers' own caches: "
+                    "taylorseer:N[,order=1|2,warmup=3,scope=modules|blocks] | "
+                    "magcache:THRESHOLD[,max_skip=3,retention=0.2,calib=4] (calibrated on the model first) | "
+                    "seacache:THRESHOLD[,order=1,retention=1,end=1,max_skip=2] | "
+                    "fastercache:N[,uncond=5,tmax=681,uncond_tmax=641] | pab:N[,cross=M,tmin=100,tmax=800]; "
+                    "MagCache, SeaCache and FasterCache need a transformer denoiser (DiT, PixArt), not a UNet")
     ev.add_argument("--steps", type=int, default=None, help="base num_inference_steps (default: the schedule's or 50)")
     ev.add_argument("--scheduler", default=None, help="ddim (default), pndm, dpm++, euler")
     ev.add_argument("--n", "--num-images", dest="n", type=int, default=256,
