@@ -68,6 +68,7 @@ def test_invalid_contents():
     ({"num_inference_steps": True}, "num_inference_steps"),
     ({"branches": 0}, "branches"),
     ({"branches": 1.5}, "branches"),
+    ({"branches": 2}, "branches"),                                   # 4 rows, but 2 calls per step need 8
     ({"cache_modes": {"zzz": "output"}}, "cache_modes"),            # a mode for a block that is not in blocks
     ({"cache_modes": ["a"]}, "cache_modes"),
     ({"macs": -1}, "macs"),

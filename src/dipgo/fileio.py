@@ -83,3 +83,80 @@ def read_checkpoint(path: str | Path, what: str, fields: dict[str, type | tuple[
             names = "/".join(k.__name__ for k in kinds)
             raise DipgoError(f"{what} {path}: field {name!r} must be a {names}, got {type(value).__name__}; {fix}")
     return state
+
+
+def check_tensors(mine: dict, saved, where: str, field: str) -> None:
+    """Refuse a saved state dict (checkpoint field ``field``; ``where`` names the checkpoint) that does not
+    hold exactly the tensors of ``mine``, with their shapes and dtypes: ``load_state_dict`` would silently
+    cast a tensor of another dtype."""
+    import torch
+
+    from .errors import DipgoError
+
+    fix = "delete it to start over"
+    if not isinstance(saved, dict) or set(saved) != set(mine):
+        theirs = set(saved) if isinstance(saved, dict) else set()
+        missing, unexpected = sorted(set(mine) - theirs, key=str)[:4], sorted(theirs - set(mine), key=str)[:4]
+        raise DipgoError(f"{where}: field {field!r} does not hold this model's tensors (missing {missing}, "
+                         f"unexpected {unexpected}); {fix}")
+    for key, tensor in mine.items():
+        value = saved[key]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
+            got = f"{tuple(value.shape)} {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise DipgoError(f"{where}: field {field!r} holds {key!r} as {got}, not {tuple(tensor.shape)} "
+                             f"{tensor.dtype}; {fix}")
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        both = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        return both and a.shape == b.shape and bool((a == b).all())
+    return type(a) is type(b) and a == b
+
+
+def load_optimizer(opt, saved, where: str, field: str = "opt") -> None:
+    """``opt.load_state_dict(saved)`` once ``saved`` (checkpoint field ``field``) is known to fit ``opt``: the
+    same groups of the same parameters with the same settings (all but the learning rate, which is set at
+    every step), and state tensors of each parameter's shape and dtype."""
+    import torch
+
+    from .errors import DipgoError
+
+    params = [p for group in opt.param_groups for p in group["params"]]
+
+    def refuse(why: str) -> None:
+        raise DipgoError(f"{where}: field {field!r} does not fit this optimizer ({why}); delete it to start over")
+
+    groups, state = (saved.get("param_groups"), saved.get("state")) if isinstance(saved, dict) else (None, None)
+    if not isinstance(groups, list) or len(groups) != len(opt.param_groups) or not isinstance(state, dict):
+        refuse("it needs 'param_groups', one per group, and 'state'")
+    first = 0
+    for mine, theirs in zip(opt.param_groups, groups, strict=True):
+        if not isinstance(theirs, dict) or theirs.get("params") != list(range(first, first + len(mine["params"]))):
+            refuse("its groups hold other parameters")
+        first += len(mine["params"])
+        if set(theirs) != set(mine):
+            refuse(f"its settings are {sorted(theirs)}, not {sorted(mine)}: another optimizer or torch version")
+        lr = theirs["lr"]  # its value is set again before every step, but it must be one
+        if not isinstance(lr, (int, float, torch.Tensor)) or isinstance(lr, bool):
+            refuse(f"its learning rate is {lr!r}")
+        differs = sorted(k for k in set(mine) - {"params", "lr"} if not _same(theirs[k], mine[k]))
+        if differs:
+            refuse(f"settings {differs} differ")
+    kinds = {tuple(sorted((str(k), type(v).__name__) for k, v in entry.items())) if isinstance(entry, dict)
+             else None for entry in state.values()}
+    if len(kinds) > 1:  # one optimizer keeps the same entries, of the same types, for every parameter it stepped
+        refuse(f"its parameters' states hold different entries {sorted(map(str, kinds))}")
+    for index, entry in state.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            refuse(f"state of an unknown parameter {index!r}")
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and (
+                    value.shape != params[index].shape or value.dtype != params[index].dtype):
+                refuse(f"state {key!r} of parameter {index} is {tuple(value.shape)} {value.dtype}")
+    try:
+        opt.load_state_dict(saved)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        refuse(str(err))

@@ -141,10 +141,11 @@ class Schedule:
                  self.steps)
         if not self.steps:
             raise ScheduleError("schedule has no steps (field 'steps' is empty)")
-        if len(self.steps) < self.num_inference_steps:
-            raise ScheduleError(f"schedule field 'steps' has {len(self.steps)} rows, but num_inference_steps="
-                                f"{self.num_inference_steps} needs at least one per step (one per denoiser call); "
-                                "re-run 'dipgo prune' or fix the file")
+        if len(self.steps) < self.num_inference_steps * self.branches:
+            raise ScheduleError(f"schedule field 'steps' has {len(self.steps)} rows, but field 'num_inference_steps' "
+                                f"({self.num_inference_steps}) times field 'branches' ({self.branches}) needs at least "
+                                f"{self.num_inference_steps * self.branches}, one per denoiser call; re-run "
+                                "'dipgo prune' or fix the file")
         known = set(self.blocks)
         for i, kept in enumerate(self.steps):
             _require(isinstance(kept, list) and all(isinstance(b, str) for b in kept), f"steps[{i}]",
@@ -157,7 +158,8 @@ class Schedule:
                 raise ScheduleError(f"step {i} (field 'steps') lists a block twice: {kept}")
         for i in range(min(self.branches, len(self.steps))):
             if set(self.steps[i]) != known:
-                raise ScheduleError(f"call {i} must compute every block (nothing is cached yet; field 'steps')")
+                raise ScheduleError(f"call {i} must compute every block (nothing is cached yet in the first "
+                                    f"'branches'={self.branches} calls; field 'steps')")
 
     def _validate_costs(self) -> None:
         for name in ("macs", "macs_full"):

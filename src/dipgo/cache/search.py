@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..dist import World, world
 from ..errors import DipgoError
-from ..fileio import atomic_path, read_checkpoint
+from ..fileio import atomic_path, check_tensors, load_optimizer, read_checkpoint
 from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
 from ..models.costs import CostProfile, profile_denoiser
 from ..models.similarity import psnr, ssim
@@ -302,8 +302,9 @@ class SearchCheckpoint:
         if iteration < 0 or iteration != len(history):
             raise DipgoError(f"search checkpoint {self.path}: field 'iteration' ({iteration}) must equal the length "
                              f"of field 'history' ({len(history)}); {fix}")
-        if not all(isinstance(row, dict) for row in history):
-            raise DipgoError(f"search checkpoint {self.path}: field 'history' must be a list of dicts; {fix}")
+        if not all(isinstance(row, dict) and row.get("iteration") == i for i, row in enumerate(history)):
+            raise DipgoError(f"search checkpoint {self.path}: field 'history' must hold one dict per iteration, in "
+                             f"order; {fix}")
         if not math.isfinite(state["elapsed"]) or state["elapsed"] < 0:
             raise DipgoError(f"search checkpoint {self.path}: field 'elapsed' must be a time >= 0, got "
                              f"{state['elapsed']}; {fix}")
@@ -322,13 +323,13 @@ class SearchCheckpoint:
             what = differs or "the model, blocks or calibration (field 'fingerprint')"
             raise DipgoError(f"checkpoint {self.path} is from a different search (settings differ: {what}); "
                              "use another --checkpoint path or delete it")
-        for name, load in (("pruner", search.pruner.load_state_dict), ("opt", search.opt.load_state_dict),
-                           ("rng", search.rng.set_state)):
-            try:
-                load(state[name])
-            except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-                raise DipgoError(f"search checkpoint {self.path}: field {name!r} does not fit this search ({err}); "
-                                 "delete it to start over") from err
+        where = f"search checkpoint {self.path}"
+        check_tensors(search.pruner.state_dict(), state["pruner"], where, "pruner")
+        if state["rng"].dtype != torch.uint8 or state["rng"].shape != search.rng.get_state().shape:
+            raise DipgoError(f"{where}: field 'rng' is not a generator state; delete it to start over")
+        load_optimizer(search.opt, state["opt"], where)
+        search.pruner.load_state_dict(state["pruner"])
+        search.rng.set_state(state["rng"])
         search.iteration, search.history, search.elapsed = state["iteration"], state["history"], state["elapsed"]
         return True
 

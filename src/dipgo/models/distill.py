@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import DipgoError
-from ..fileio import atomic_path, read_checkpoint
+from ..fileio import atomic_path, check_tensors, load_optimizer, read_checkpoint
 from .calibration import Calibration
 from .checks import check_at_least, check_choice
 from .data import TrainingSet, teacher_set, with_unconditional
@@ -251,9 +251,12 @@ def _read(path: Path, config: DistillConfig, fingerprint: dict) -> dict:
     state = read_checkpoint(path, "distillation checkpoint", CHECKPOINT_FIELDS)
     step, history, theirs = state["step"], state["history"], state["config"]
     fix = "delete it or use another checkpoint path"
-    if step < 0 or step != len(history) or not all(isinstance(row, dict) for row in history):
+    if step < 0 or step != len(history):
         raise DipgoError(f"distillation checkpoint {path}: field 'step' ({step}) must equal the length of field "
-                         f"'history' ({len(history)}), a list of dicts; {fix}")
+                         f"'history' ({len(history)}); {fix}")
+    if not all(isinstance(row, dict) and row.get("step") == i for i, row in enumerate(history)):
+        raise DipgoError(f"distillation checkpoint {path}: field 'history' must hold one dict per step, in order; "
+                         f"{fix}")
     differs = {k: (theirs.get(k), v) for k, v in asdict(config).items() if k not in RESUMABLE and theirs.get(k) != v}
     if differs or state["fingerprint"] != fingerprint:
         what = differs or (f"the pruned model or the training set, field 'fingerprint' ({state['fingerprint']} "
@@ -270,21 +273,17 @@ def _restore(path: Path, student: nn.Module, opt: torch.optim.Optimizer, g: torc
     """Load a checkpoint of *this* distillation into student, optimizer and generator; refuse any other."""
     state = _read(path, config, fingerprint)
     fix = "delete it or use another checkpoint path"
-    shadow = state["ema"]
+    shadow, where = state["ema"], f"distillation checkpoint {path}"
     if average is not None and (shadow is None or len(shadow) != len(average.shadow) or not all(
-            isinstance(saved, torch.Tensor) and saved.shape == mine.shape
+            isinstance(saved, torch.Tensor) and saved.shape == mine.shape and saved.dtype == mine.dtype
             for mine, saved in zip(average.shadow, shadow, strict=True))):
-        raise DipgoError(f"checkpoint {path}: field 'ema' holds no moving average for these parameters; {fix}")
-    try:
-        student.load_state_dict(state["student"])
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise DipgoError(f"checkpoint {path} is from a different model, field 'student' ({err}); {fix}") from err
-    for name, load in (("opt", opt.load_state_dict), ("rng", g.set_state)):
-        try:
-            load(state[name])
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-            raise DipgoError(f"distillation checkpoint {path}: field {name!r} does not fit this run ({err}); "
-                             f"{fix}") from err
+        raise DipgoError(f"{where}: field 'ema' holds no moving average for these parameters; {fix}")
+    check_tensors(student.state_dict(), state["student"], where, "student")
+    if state["rng"].dtype != torch.uint8 or state["rng"].shape != g.get_state().shape:
+        raise DipgoError(f"{where}: field 'rng' is not a generator state; {fix}")
+    load_optimizer(opt, state["opt"], where)
+    student.load_state_dict(state["student"])
+    g.set_state(state["rng"])
     if average is not None:
         for mine, saved in zip(average.shadow, shadow, strict=True):
             mine.copy_(saved)
