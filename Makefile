@@ -34,6 +34,7 @@ demo: $(STAMP)
 # `dipgo prune` at its default effort (schedules kept under benchmarks/results/bench/schedules/ and reused).
 bench: $(STAMP)
 	$(DIPGO) bench mnist-sd mnist-dit --budgets 2,3,4.4,6 --out benchmarks/results/bench
+	$(PY) -m benchmarks.bench_pages benchmarks/results/bench
 
 # How much of the MACs speedup a whole generation keeps (16 images), alone on the machine.
 bench-wall: $(STAMP)

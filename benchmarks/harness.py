@@ -387,3 +387,25 @@ def machine() -> dict:
 def how_to_run(module: str, args: str = "") -> str:
     """The command that runs benchmark ``module`` (e.g. ``"wall_clock"``), for a report's text."""
     return f"python -m benchmarks.{module}" + (f" {args}" if args else "")
+
+
+def pruned_entries(results: Path) -> list[dict]:
+    """Layer- and depth-pruned models measured by their own benchmarks (``benchmarks/results/layers`` and
+    ``depth``, DDIM-20, the same images and seeds as the bench), as NTIRE entries. Their runtime is the
+    denoiser call's latency ratio at 16 images (the whole generation's was not timed for them)."""
+    out = []
+    for kind in ("layers", "depth"):
+        for path in sorted((results / kind).glob("*.json")):
+            rep = json.loads(path.read_text())
+            if "full" not in rep or "rows" not in rep:
+                continue
+            for r in rep["rows"]:
+                speed = r.get("latency_ratio") or (r.get("latency_speedup") or {}).get("16")
+                if not speed:
+                    continue  # a DiP-GO combination: its speed is a whole-pipeline matter, not timed here
+                name = f"{kind}: {r['label']} ({r['ratio']:g})"
+                out.append({"model": rep["model"], "base": rep["steps"], "name": name, "runtime": 1 / speed,
+                            "macs": 1 / r["macs_speedup"], "params": r["params"] / rep["full"]["params"],
+                            "psnr_vs_full": r["psnr_vs_full"], "fid": r["fid"], "fid_full": r["fid_full"],
+                            "source": f"{kind}/{path.name}"})
+    return out

@@ -35,8 +35,6 @@ SCHEDULERS = {None: "DDIM", "ddim": "DDIM", "pndm": "PLMS", "dpm++": "DPM++", "e
 # Benchmark folders in page order; any other bench-*/bench.json follows them, titled by its folder name.
 BENCHES = {
     "bench": "dipgo against the alternatives",
-    "bench-refine": "With held-out refinement",
-    "bench-fallback": "With the uniform fallback",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",

@@ -38,7 +38,8 @@ def _pipeline_lines(rec: dict | None) -> list[str]:
     held = rec.get("held_out") or {}
     lines = [f"chosen on {held.get('n')} held-out images (seeds from {held.get('seed')}), {rec.get('effort')} effort; "
              "candidates after reaching the budget (PSNR vs the full model):"]
-    lines += [f"  {k:<16} {v:6.2f} dB{'  <- best start, then refined' if k == rec.get('winner') else ''}"
+    width = max(map(len, rec["candidates"]), default=0)
+    lines += [f"  {k:<{width}} {v:6.2f} dB{'  <- best start, then refined' if k == rec.get('winner') else ''}"
               for k, v in rec["candidates"].items()]
     c = rec.get("compared")
     lines.append(f"result: {rec.get('psnr', float('nan')):.2f} dB"

@@ -378,6 +378,19 @@ class MergedLinear(nn.Module):
         return self.linear(x)
 
 
+def _mlp_branch(form, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm -> fc1 -> act -> fc2`` of a ViT or ConvNeXt form, with the norm blended towards its frozen
+    affine form and the activation towards the identity by ``form.lam`` (observing the norm's input while
+    the frozen statistics are being calibrated)."""
+    lam = form.lam
+    if form.observing:
+        form.bn.observe(x)
+    h = blend(lambda: norm(x), lambda: form.bn(x), lam)
+    h = form.mlp.fc1(h)
+    h = blend(lambda: form.mlp.act(h), lambda: h, lam)
+    return form.mlp.fc2(h)
+
+
 class PrunedViT(PrunedForm):
     """Pruned form of a timm-style pre-norm ViT block: ``norm1``, ``attn``, ``norm2``, ``mlp.fc1``,
     ``mlp.act``, ``mlp.fc2``, optional ``ls1``/``ls2`` layer scales. Attention fades out; the MLP becomes
@@ -400,12 +413,7 @@ class PrunedViT(PrunedForm):
         if lam < 1.0:
             a = self.attn(self.norm1(x))
             x = x + (1.0 - lam) * (self.ls1(a) if self.ls1 is not None else a)
-        if self.observing:
-            self.bn.observe(x)
-        h = blend(lambda: self.norm2(x), lambda: self.bn(x), lam)
-        h = self.mlp.fc1(h)
-        h = blend(lambda: self.mlp.act(h), lambda: h, lam)
-        h = self.mlp.fc2(h)
+        h = _mlp_branch(self, self.norm2, x)
         return x + (self.ls2(h) if self.ls2 is not None else h)
 
     @torch.no_grad()
@@ -456,14 +464,7 @@ class PrunedConvNeXt(PrunedForm):
         self.bn = FrozenNorm(dw.out_channels, -1, self.norm.eps, self.norm.weight, self.norm.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.lam
-        h = self.conv_dw(x).permute(0, 2, 3, 1)
-        if self.observing:
-            self.bn.observe(h)
-        h = blend(lambda: self.norm(h), lambda: self.bn(h), lam)
-        h = self.mlp.fc1(h)
-        h = blend(lambda: self.mlp.act(h), lambda: h, lam)
-        h = self.mlp.fc2(h)
+        h = _mlp_branch(self, self.norm, self.conv_dw(x).permute(0, 2, 3, 1))
         if self.gamma is not None:
             h = h * self.gamma
         return x + h.permute(0, 3, 1, 2)

@@ -85,6 +85,10 @@ class DepthPruning(PrunedModel):
     candidates: list[str]
     mode: str
 
+    def describe(self) -> str:
+        verb = "removed" if self.mode == "remove" else "merged"
+        return f"{verb} {len(self.selection.names)} of {len(self.candidates)} blocks ({self.mode})"
+
     def info(self) -> dict:
         return {"mode": self.mode, **super().info(), "blocks": self.selection.names,
                 "candidates": len(self.candidates), "train_steps": len(self.history)}

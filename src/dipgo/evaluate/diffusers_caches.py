@@ -360,13 +360,16 @@ class MagCache:
         return block_stack_reason(denoiser_of(pipe), "MagCache")
 
     def bind(self, pipe, num_inference_steps: int, guidance_scale: float = 1.0,
-             calibration: Calibration | None = None) -> Applied:
+             calibration: Calibration | None = None, ratios: list[float] | None = None) -> Applied:
+        """``ratios``: magnitude ratios calibrated before (:func:`mag_ratios`), to bind many thresholds at the
+        cost of one calibration."""
         from diffusers.hooks import MagCacheConfig, apply_mag_cache
         from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
 
         _require(self.check(pipe))
         calls = num_calls(pipe, num_inference_steps)
-        ratios = mag_ratios(pipe, num_inference_steps, guidance_scale, self.calib, calibration)
+        if ratios is None:
+            ratios = mag_ratios(pipe, num_inference_steps, guidance_scale, self.calib, calibration)
 
         def install(module):
             apply_mag_cache(module, MagCacheConfig(

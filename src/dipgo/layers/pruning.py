@@ -68,6 +68,9 @@ class LayerPruning(PrunedModel):
 
     criterion: str
 
+    def describe(self) -> str:
+        return f"removed {len(self.selection.names)} layers ({self.selection.method}, {self.criterion})"
+
     def info(self) -> dict:
         return {"criterion": self.criterion, **super().info(), "method": self.selection.method,
                 "removed_share": round(self.selection.removed, 6), "retrain_steps": len(self.history)}

@@ -40,6 +40,10 @@ class PrunedModel:
         return {"by": self.by, "ratio": self.ratio, "params_full": self.params_full, "params": self.params,
                 "macs_full": self.macs_full, "macs": self.macs, "seconds": self.seconds}
 
+    def describe(self) -> str:
+        """One line saying what was pruned, for the CLI's report."""
+        return f"pruned {len(self.selection.names)} modules"
+
     def save(self, folder: str | Path) -> Path:
         """Write the pruned pipeline and :meth:`info` to ``folder`` (``dipgo.load_pruned`` reads it back)."""
         raise NotImplementedError(f"{type(self).__name__} does not say how it is saved")
