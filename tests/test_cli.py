@@ -37,7 +37,7 @@ def test_sample_writes_grid(tmp_path, capsys):
     (["info", "no-such-model"], "unknown model 'no-such-model'"),
     (["sample", "./missing/folder"], "does not exist"),
     (["sample", "mnist-dit", "--label", "12", "--steps", "2", "--n", "1"], "out of range"),
-    (["prune", "mnist-sd", "--ratio", "1.5"], "ratio must be in (0, 1)"),
+    (["prune", "mnist-sd", "--ratio", "1.5"], "argument --ratio: must be a number in (0, 1)"),
     (["prune", "mnist-sd", "--ratio", "0.5", "--blocks", "down_blocks.0,nope"], "unknown block name"),
     (["show", "/nonexistent/schedule.json"], "does not exist"),
 ])

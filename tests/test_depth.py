@@ -194,7 +194,7 @@ def test_depth_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "transformer_blocks.7" in out and "linearise loss" in out
     assert main(["depth", "mnist-dit", "--ratio", "1.5", "--out", str(tmp_path / "x"), *small]) == 2
-    assert "ratio must be in (0, 1)" in capsys.readouterr().err
+    assert "argument --ratio: must be a number in (0, 1)" in capsys.readouterr().err
     folder = tmp_path / "quarter"
     assert main(["depth", "mnist-dit", "--ratio", "0.25", "--train-steps", "2", "--batch", "4", "--out", str(folder),
                  *small]) == 0

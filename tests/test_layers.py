@@ -153,7 +153,7 @@ def test_layers_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mid_block.resnets.0" in out and "output score" in out
     assert main(["layers", "mnist-sd", "--ratio", "1.5", "--out", str(tmp_path / "x")]) == 2
-    assert "ratio must be in (0, 1)" in capsys.readouterr().err
+    assert "argument --ratio: must be a number in (0, 1)" in capsys.readouterr().err
     assert main(["layers", "mnist-sd", "--ratio", "0.99", "--criterion", "magnitude", "--out",
                  str(tmp_path / "x")]) == 2
     assert "cannot be reached" in capsys.readouterr().err

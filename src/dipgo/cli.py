@@ -21,19 +21,14 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from . import argtypes as types
 from .dist import world
 from .errors import DipgoError
 from .fileio import atomic_path
 from .version import __version__
-
-
-def _float_arg(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise DipgoError(f"{flag} takes a number, got {text!r}") from None
 
 
 def _fmt(n: float, unit: str = "") -> str:
@@ -98,7 +93,7 @@ def _describe_calibration(calibration) -> None:
 def _prune_config(args, guidance: float | None):
     from .cache.pipeline import PruneConfig
 
-    ratios = [_float_arg(r, "--ratio") for r in str(args.ratio).split(",")]
+    ratios = args.ratio
     search = {k: v for k, v in (("batch", args.batch), ("lr", args.lr), ("loss", args.loss),
                                 ("granularity", args.granularity)) if v is not None}
     search["grad_checkpointing"] = {"auto": None, "on": True, "off": False}[args.grad_checkpointing]
@@ -360,9 +355,9 @@ def cmd_bench(args) -> int:
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     if args.bases:
-        kw["bases"] = [int(b) for b in args.bases.split(",")]
+        kw["bases"] = args.bases
     if args.budgets:
-        kw["budgets"] = [float(b) for b in args.budgets.split(",")]
+        kw["budgets"] = args.budgets
     if args.methods:
         kw["families"] = [m.strip() for m in args.methods.split(",")]
     if args.report_only:
@@ -396,18 +391,20 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
 def _distillation_args(p) -> None:
     """What layer and depth pruning share: distillation settings, calibration runs, output folder."""
     p.add_argument("--feature-kd", default="normalized", choices=("normalized", "plain", "none"))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    p.add_argument("--batch", type=types.BATCH, default=32)
+    p.add_argument("--lr", type=types.LR, default=5e-4, help="peak learning rate")
     p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
                    help="cosine: warm-up, then decay to zero over the run")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: a tenth of the run, at most 100)")
-    p.add_argument("--ema", type=float, default=0.999, help="moving average of the weights that the result keeps "
-                   "(0: the last weights)")
-    p.add_argument("--p-uncond", type=float, default=0.1, help="share of training examples given the "
+    p.add_argument("--warmup", type=types.TRAIN_STEPS, default=None,
+                   help="warm-up steps (default: a tenth of the run, at most 100)")
+    p.add_argument("--ema", type=types.SHARE, default=0.999, help="moving average of the weights that the result "
+                   "keeps (0: the last weights)")
+    p.add_argument("--p-uncond", type=types.SHARE, default=0.1, help="share of training examples given the "
                    "unconditional conditioning, the branch classifier-free guidance calls (0: conditional only)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps of the calibration runs")
-    p.add_argument("--calib-images", type=int, default=8, help="images whose sampling calls calibrate the criterion")
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--steps", type=types.STEPS, default=20, help="sampling steps of the calibration runs")
+    p.add_argument("--calib-images", type=types.RUNS, default=8,
+                   help="images whose sampling calls calibrate the criterion")
+    p.add_argument("--guidance", type=types.GUIDANCE, default=None)
     p.add_argument("--checkpoint", default=None, help="training checkpoint (default OUT.distill.pt); resumes")
     p.add_argument("--out", default=None, help="output folder")
     _calibration_args(p)
@@ -418,12 +415,12 @@ def _layers_parser(sub) -> None:
     lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
                          "distillation); writes a pipeline folder")
     lay.add_argument("model", help="zoo name, diffusers folder or hub id")
-    lay.add_argument("--ratio", type=float, default=None, help="share of the denoiser's parameters to remove, in "
+    lay.add_argument("--ratio", type=types.RATIO, default=None, help="share of the denoiser's parameters to remove, in "
                      "(0, 1); with --by macs, share of its MACs per call")
     lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
     lay.add_argument("--by", default="params", choices=("params", "macs"), help="what --ratio is a share of")
     lay.add_argument("--method", default="knapsack", choices=("knapsack", "greedy"))
-    lay.add_argument("--retrain-steps", type=int, default=0, help="distillation steps (0: one-shot)")
+    lay.add_argument("--retrain-steps", type=types.TRAIN_STEPS, default=0, help="distillation steps (0: one-shot)")
     lay.add_argument("--scores", action="store_true", help="only print every candidate layer's score")
     _distillation_args(lay)
     lay.set_defaults(fn=cmd_layers)
@@ -434,7 +431,7 @@ def _depth_parser(sub) -> None:
     dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
                          "writes a pipeline folder")
     dep.add_argument("model", help="zoo name, diffusers folder or hub id")
-    dep.add_argument("--ratio", type=float, default=None, help="share of the candidate blocks to merge (--mode "
+    dep.add_argument("--ratio", type=types.RATIO, default=None, help="share of the candidate blocks to merge (--mode "
                      "remove: to remove), in (0, 1); with --by macs / --by params, share of the denoiser's MACs per "
                      "call / parameters that pruning them saves")
     dep.add_argument("--by", default="depth", choices=("depth", "macs", "params"),
@@ -442,8 +439,8 @@ def _depth_parser(sub) -> None:
     dep.add_argument("--mode", default="progressive", choices=("progressive", "abrupt", "remove"),
                      help="progressive: UPDP, each block ramps to its linear form during training (default); "
                      "abrupt: linear from the first step; remove: plain block removal")
-    dep.add_argument("--train-steps", type=int, default=0, help="distillation steps (0: no training)")
-    dep.add_argument("--ramp", type=float, default=0.5, help="share of the training over which the blend factor "
+    dep.add_argument("--train-steps", type=types.TRAIN_STEPS, default=0, help="distillation steps (0: no training)")
+    dep.add_argument("--ramp", type=types.RAMP, default=0.5, help="share of the training over which the blend factor "
                      "ramps 0 -> 1 (progressive)")
     dep.add_argument("--scores", action="store_true", help="only print every candidate block's score and savings")
     _distillation_args(dep)
@@ -455,7 +452,7 @@ def _info_parser(sub) -> None:
     info = sub.add_parser("info", help="blocks, parameters, MACs and measured latency per denoiser call")
     info.add_argument("model", help="zoo name, diffusers folder or hub id")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument("--runs", type=int, default=20, help="timed calls after warm-up (default 20)")
+    info.add_argument("--runs", type=types.RUNS, default=20, help="timed calls after warm-up (default 20)")
     _device_args(info)
     info.set_defaults(fn=cmd_info)
 
@@ -464,29 +461,30 @@ def _prune_parser(sub) -> None:
     """dipgo prune: the pruning pipeline"""
     prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
     prune.add_argument("model", help="zoo name, diffusers folder or hub id")
-    prune.add_argument("--ratio", default="0.8",
+    prune.add_argument("--ratio", type=types.RATIOS, default="0.8",
                        help="pruned share of MACs in (0, 1); several, comma-separated, share one search")
-    prune.add_argument("--steps", type=int, default=50, help="num_inference_steps the schedule is for")
+    prune.add_argument("--steps", type=types.SEARCH_STEPS, default=50, help="num_inference_steps the schedule is for")
     prune.add_argument("--scheduler", default="ddim", help="ddim, pndm (PLMS), dpm++, euler")
     prune.add_argument("--out", default="schedule.json")
     prune.add_argument("--effort", default="default", choices=("quick", "default", "thorough"),
                        help="the cost of every stage (search iterations, held-out sampling runs): quick for a "
                        "first look, default, thorough for a release")
-    prune.add_argument("--iterations", type=int, default=None, help="search iterations (default: the effort's)")
-    prune.add_argument("--evaluations", "--refine", dest="evaluations", type=int, default=None, metavar="N",
+    prune.add_argument("--iterations", type=types.ITERATIONS, default=None,
+                       help="search iterations (default: the effort's)")
+    prune.add_argument("--evaluations", "--refine", dest="evaluations", type=types.RUNS, default=None, metavar="N",
                        help="held-out sampling runs for selection and refinement (default: the effort's)")
     prune.add_argument("--forecast", default="auto", choices=("auto", "0", "1", "2"),
                        help="what a skipped block returns: its last value (0), or a line (1) or parabola (2) "
                        "through its last computed values; auto: chosen on held-out images")
-    prune.add_argument("--held-out", type=int, default=None, metavar="N",
+    prune.add_argument("--held-out", type=types.RUNS, default=None, metavar="N",
                        help="images per held-out sampling run (default: the effort's)")
-    prune.add_argument("--batch", type=int, default=None, help="images per search iteration (default: the "
+    prune.add_argument("--batch", type=types.BATCH, default=None, help="images per search iteration (default: the "
                        "effort's)")
-    prune.add_argument("--lr", type=float, default=None, help="pruner learning rate (default 0.1; 0.02 when "
+    prune.add_argument("--lr", type=types.LR, default=None, help="pruner learning rate (default 0.1; 0.02 when "
                        "several ratios share one search)")
     prune.add_argument("--loss", default=None, choices=("ssim", "l1", "l2"),
                        help="consistency loss of the search (default ssim: 1 - SSIM)")
-    prune.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
+    prune.add_argument("--guidance", type=types.GUIDANCE, default=None, help="CFG scale (default: the model card's)")
     prune.add_argument("--granularity", default=None, choices=("coarse", "fine"),
                        help="coarse (whole UNet blocks, default) or fine (resnets, attentions, resamplers)")
     prune.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
@@ -495,7 +493,7 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
     prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
                        "an interrupted search resumes from it")
-    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--seed", type=types.SEED, default=0)
     _calibration_args(prune)
     _device_args(prune)
     prune.set_defaults(fn=cmd_prune)
@@ -512,14 +510,14 @@ def _show_and_sample_parsers(sub) -> None:
     sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     sample.add_argument("--compare", action="store_true", help="with --schedule: three rows, the full model, "
                         "dipgo, and fewer steps at the same MACs, each labelled with its PSNR against the full model")
-    sample.add_argument("--n", "--num-images", dest="n", type=int, default=20, help="number of images")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the schedule's or 50; "
-                        "another count than the schedule's maps its gates over normalised time)")
-    sample.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model card's)")
-    sample.add_argument("--label", type=int, default=None, help="only this condition: an index into the prompts or "
-                        "class labels (default: all, in turn)")
-    sample.add_argument("--batch", type=int, default=16)
+    sample.add_argument("--n", "--num-images", dest="n", type=types.IMAGES, default=20, help="number of images")
+    sample.add_argument("--seed", type=types.SEED, default=0)
+    sample.add_argument("--steps", type=types.STEPS, default=None, help="num_inference_steps (default: the "
+                        "schedule's or 50; another count than the schedule's maps its gates over normalised time)")
+    sample.add_argument("--guidance", type=types.GUIDANCE, default=None, help="CFG scale (default: the model card's)")
+    sample.add_argument("--label", type=types.INDEX, default=None, help="only this condition: an index into the "
+                        "prompts or class labels (default: all, in turn)")
+    sample.add_argument("--batch", type=types.BATCH, default=16)
     sample.add_argument("--out", default="grid.png")
     _calibration_args(sample)
     sample.set_defaults(fn=cmd_sample)
@@ -538,14 +536,15 @@ def _eval_parser(sub) -> None:
                     "seacache:THRESHOLD[,order=1,retention=1,end=1,max_skip=2] | "
                     "fastercache:N[,uncond=5,tmax=681,uncond_tmax=641] | pab:N[,cross=M,tmin=100,tmax=800]; "
                     "MagCache, SeaCache and FasterCache need a transformer denoiser (DiT, PixArt), not a UNet")
-    ev.add_argument("--steps", type=int, default=None, help="base num_inference_steps (default: the schedule's or 50)")
+    ev.add_argument("--steps", type=types.STEPS, default=None,
+                    help="base num_inference_steps (default: the schedule's or 50)")
     ev.add_argument("--scheduler", default=None, help="ddim (default), pndm, dpm++, euler")
-    ev.add_argument("--n", "--num-images", dest="n", type=int, default=256,
+    ev.add_argument("--n", "--num-images", dest="n", type=types.IMAGES, default=256,
                     help="images (balanced over the conditions); under torchrun write --num-images (torchrun "
                     "reads --n as one of its own options)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--guidance", type=float, default=None)
-    ev.add_argument("--batch", type=int, default=32)
+    ev.add_argument("--seed", type=types.SEED, default=0)
+    ev.add_argument("--guidance", type=types.GUIDANCE, default=None)
+    ev.add_argument("--batch", type=types.BATCH, default=32)
     ev.add_argument("--json", default=None, help="also write the record here")
     _calibration_args(ev)
     _device_args(ev)
@@ -558,20 +557,22 @@ def _bench_parser(sub) -> None:
     bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")
     bench.add_argument("--quick", action="store_true", help="a few minutes: the zoo's SD model, DDIM-20, 2 budgets, "
                        "32 images")
-    bench.add_argument("--bases", default=None, help="comma-separated base step counts (default 50,20)")
-    bench.add_argument("--budgets", default=None, help="comma-separated MACs reduction factors (default 2,3,4.4)")
+    bench.add_argument("--bases", type=types.BASES, default=None,
+                       help="comma-separated base step counts (default 50,20)")
+    bench.add_argument("--budgets", type=types.BUDGETS, default=None,
+                       help="comma-separated MACs reduction factors (default 2,3,4.4)")
     bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "
                        "DeepCache non-uniform, FBCache")
     bench.add_argument("--scheduler", default=None, help="ddim (default), pndm (PLMS), dpm++, euler: the base "
                        "sampler every method is measured on")
-    bench.add_argument("--n", "--num-images", dest="n", type=int, default=None,
+    bench.add_argument("--n", "--num-images", dest="n", type=types.IMAGES, default=None,
                        help="images per point (--num-images under torchrun)")
-    bench.add_argument("--batch", type=int, default=None)
+    bench.add_argument("--batch", type=types.BATCH, default=None)
     bench.add_argument("--out", default=None, help="output folder (default out/bench)")
-    bench.add_argument("--floor-psnr", type=float, default=None, help="NTIRE ranking floor: PSNR vs full (dB), "
-                       "default 30")
-    bench.add_argument("--floor-fid", type=float, default=None, help="NTIRE ranking floor: FID at most this much "
-                       "worse than the full model's (relative), default 0.10")
+    bench.add_argument("--floor-psnr", type=types.DECIBELS, default=None,
+                       help="NTIRE ranking floor: PSNR vs full (dB), default 30")
+    bench.add_argument("--floor-fid", type=types.RELATIVE, default=None, help="NTIRE ranking floor: FID at most "
+                       "this much worse than the full model's (relative), default 0.10")
     bench.add_argument("--effort", default=None, choices=("quick", "default", "thorough"),
                        help="the effort of each dipgo point's pruning pipeline, as `dipgo prune --effort` "
                        "(default: default)")
@@ -583,8 +584,15 @@ def _bench_parser(sub) -> None:
     _device_args(bench)
     bench.set_defaults(fn=cmd_bench)
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument gives one line (``dipgo CMD: error: ...``, exit status 2), not the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
+    p = _Parser(prog="dipgo", description="Cheaper sampling for diffusers pipelines (DiP-GO).")
     p.add_argument("--version", action="version", version=f"dipgo {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -614,7 +622,10 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     tune_malloc()  # CPU runs stop re-faulting their activation memory on every call (see dipgo.malloc)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad argument: argparse has said why, on one line
+        return 0 if done.code is None else done.code
     w = None
     try:
         w = world()
@@ -627,12 +638,29 @@ def main(argv: list[str] | None = None) -> int:
         code = args.fn(args)
         w.close()
         return code
-    except (DipgoError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"dipgo {args.command}: error: {msg}", file=sys.stderr)
+    except (DipgoError, FileNotFoundError) as err:  # what the user can fix: one line, no traceback
+        print(f"dipgo {args.command}: error: {_one_line(err)}", file=sys.stderr)
         if w is not None:
             w.close(wait=False)
         return 2
+    except Exception as err:  # noqa: BLE001 - a bug in dipgo: said as one, never passed off as a user error
+        if os.environ.get("DIPGO_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"dipgo: internal error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        print(f"dipgo: this is a bug in dipgo {__version__}, not in the command; please report it with the command "
+              "line and this message (DIPGO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if w is not None:
+            w.close(wait=False)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (a multi-line one, such as a schedule's list of mismatches, joined)."""
+    text = ""
+    for part in (line.strip(" -") for line in str(err).splitlines()):
+        if part:
+            text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":
