@@ -83,15 +83,21 @@ def test_own_first_block_cache_equals_diffusers_on_dit(dit_pipe):
     assert diffusers_fbc_applies(dit_pipe.transformer)
     assert not diffusers_fbc_applies(torch.nn.Linear(2, 2))
     outs = {}
-    for impl in ("diffusers", "dipgo"):
-        applied = FirstBlockCache(0.3, impl).bind(dit_pipe, 8, 2.0)
+    # FBCache both ways, and a static schedule (DeepCache's, every block reused between full calls), whose calls
+    # are counted: a call count or cache left over from the first generation would change the second one
+    for impl, method in (("diffusers", FirstBlockCache(0.3, "diffusers")), ("dipgo", FirstBlockCache(0.3, "dipgo")),
+                         ("static", DeepCache(3, 0))):
+        applied = method.bind(dit_pipe, 8, 2.0)
         applied.enable()
+        runs = []
         try:
             for _ in range(2):  # the second generation must start from a clean state
                 applied.before_generation()
-                outs[impl] = _images(dit_pipe, guidance=2.0)
+                runs.append(_images(dit_pipe, guidance=2.0))
         finally:
             applied.disable()
+        assert torch.equal(runs[0], runs[1]), f"{impl}: the second generation differs from the first (same seeds)"
+        outs[impl] = runs[1]
     full = _images(dit_pipe, guidance=2.0)
     torch.testing.assert_close(outs["dipgo"], outs["diffusers"], atol=1e-4, rtol=0)
     assert (outs["dipgo"] - full).abs().max() > 1e-3

@@ -77,6 +77,19 @@ def test_generic_search_on_family(family):
 
 def test_search_psnr_in_history_and_bad_calibration():
     pipe, cal, extra = _setup("ddim")
+    # The history's PSNR is the gated images' against the full model's: gates that keep everything give the
+    # full model's images (PSNR at its 100 dB cap, consistency 0); gates that reuse every block after call 0
+    # give images far from them.
+    psnr = {}
+    for keep_bias in (20.0, -20.0):
+        cfg = SearchConfig(ratio=0.5, num_inference_steps=STEPS, iterations=2, batch=1, keep_bias=keep_bias)
+        history = Search(pipe, cfg, calibration=cal, call_kwargs=extra).run(progress=False).history
+        assert [h["iteration"] for h in history] == [0, 1]
+        psnr[keep_bias] = [h["psnr"] for h in history]
+        if keep_bias > 0:
+            assert all(h["consistency"] == pytest.approx(0.0, abs=1e-6) for h in history)
+    assert psnr[20.0] == [100.0, 100.0]
+    assert all(0.0 < p < 20.0 for p in psnr[-20.0]), psnr
     with pytest.raises(DipgoError, match="unconditional"):
         default_calibration(pipe, prompts=["a cat"])
     sd = FAMILIES["sd"]()

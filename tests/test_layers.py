@@ -64,9 +64,16 @@ def test_removal_is_exactly_the_shortcut(sd):
                 got = output_of(sd.unet(*args, **kwargs))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         full = output_of(sd.unet(*args, **kwargs))
-        with removed(sd.unet, ["up_blocks.0.resnets.1"]):
-            pass
-        torch.testing.assert_close(output_of(sd.unet(*args, **kwargs)), full)  # put back exactly
+        state = {k: v.clone() for k, v in sd.unet.state_dict().items()}
+        kinds = [(n, type(m)) for n, m in sd.unet.named_modules()]
+        with removed(sd.unet, ["up_blocks.0.resnets.1", "mid_block.attentions.0"]):
+            inside = output_of(sd.unet(*args, **kwargs))  # the removed forms run inside the context
+        assert not torch.equal(inside, full)
+        # put back exactly: the same modules and weights, and bitwise the same output
+        assert [(n, type(m)) for n, m in sd.unet.named_modules()] == kinds
+        assert sd.unet.state_dict().keys() == state.keys()
+        assert all(torch.equal(v, state[k]) for k, v in sd.unet.state_dict().items())
+        assert torch.equal(output_of(sd.unet(*args, **kwargs)), full)
 
 
 def test_knapsack_is_optimal_and_greedy_is_not_better():
