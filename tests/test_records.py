@@ -80,6 +80,7 @@ def _spec(**values):
 @pytest.mark.parametrize("change,field", COMMON + [
     (_drop("merged"), "merged"), (_set(merged={}), "merged"), (_set(merged=["transformer_blocks.0"]), "merged"),
     (_spec(type="MergedMagic"), "merged['transformer_blocks.0']"),
+    (_spec(type=["MergedLinear"]), "merged['transformer_blocks.0']"),
     (_spec(dim=0), "merged['transformer_blocks.0'].dim"), (_spec(dim="16"), "merged['transformer_blocks.0'].dim"),
     (_spec(dim=True), "merged['transformer_blocks.0'].dim"),
     (_spec(type="MergedLinear"), "merged"),                                     # the weights say otherwise

@@ -48,7 +48,8 @@ def _check_merged(info: dict, path: Path) -> None:
     for name, spec in merged.items():
         where = f"merged[{name!r}]"
         kind = spec.get("type") if isinstance(spec, dict) else None
-        bad_field(path, where, f"a dict whose 'type' is one of {sorted(SPEC_FIELDS)}", spec, kind in SPEC_FIELDS)
+        bad_field(path, where, f"a dict whose 'type' is one of {sorted(SPEC_FIELDS)}", spec,
+                  isinstance(kind, str) and kind in SPEC_FIELDS)
         for key, low in SPEC_FIELDS[kind].items():
             bad_field(path, f"{where}.{key}", f"an integer >= {low}", spec.get(key), is_count(spec.get(key), low))
         if kind == "MergedConv":
