@@ -290,31 +290,33 @@ def _print_depth_scores(args) -> int:
     return 0
 
 
-def _prune_and_save(args, config, prune, train_steps: int):
-    """Load the model, prune it with a short distillation and save it: what ``layers`` and ``depth`` share."""
+def _prune_model(args, method: str) -> int:
+    """``dipgo layers`` / ``dipgo depth``: load, prune with a short distillation, save, report."""
     from dataclasses import replace
 
+    if method == "layers":
+        from .layers import LayersConfig as Config
+        from .layers import prune
+        fields, steps, scores = (args.criterion, args.by, args.method), args.retrain_steps, _print_layer_scores
+    else:
+        from .depth import DepthConfig as Config
+        from .depth import prune
+        fields, steps, scores = (args.by, args.mode, args.ramp), args.train_steps, _print_depth_scores
+    if args.scores:
+        return scores(args)
+    config = Config(args.ratio if args.ratio is not None else 0.5, *fields, distill=_distill_config(args, steps),
+                    n_images=args.calib_images, num_inference_steps=args.steps, guidance_scale=args.guidance)
     if args.ratio is None or args.out is None:
         raise DipgoError("give --ratio R and --out DIR (or --scores to only print each candidate's score)")
     pipe, source, calibration = _load(args)
     config = replace(config, guidance_scale=_guidance(args, source))
-    data = _training_data(source, pipe, calibration, train_steps)
+    data = _training_data(source, pipe, calibration, steps)
     result = prune(pipe, config, calibration=calibration, data=data, checkpoint=_checkpoint(args), progress=True)
-    return source, result.save(args.out), result
+    return _report_pruned(source, result.save(args.out), result, result.describe())
 
 
 def cmd_depth(args) -> int:
-    from .depth import DepthConfig, prune
-
-    if args.scores:
-        return _print_depth_scores(args)
-    config = DepthConfig(args.ratio if args.ratio is not None else 0.5, args.by, args.mode, args.ramp,
-                         distill=_distill_config(args, args.train_steps), n_images=args.calib_images,
-                         num_inference_steps=args.steps, guidance_scale=args.guidance)
-    source, out, result = _prune_and_save(args, config, prune, args.train_steps)
-    verb = "removed" if args.mode == "remove" else "merged"
-    return _report_pruned(source, out, result, f"{verb} {len(result.selection.names)} of {len(result.candidates)} "
-                          f"blocks ({args.mode})")
+    return _prune_model(args, "depth")
 
 
 def _print_layer_scores(args) -> int:
@@ -333,16 +335,7 @@ def _print_layer_scores(args) -> int:
 
 
 def cmd_layers(args) -> int:
-    from .layers import LayersConfig, prune
-
-    if args.scores:
-        return _print_layer_scores(args)
-    config = LayersConfig(args.ratio if args.ratio is not None else 0.5, args.criterion, args.by, args.method,
-                          distill=_distill_config(args, args.retrain_steps), n_images=args.calib_images,
-                          num_inference_steps=args.steps, guidance_scale=args.guidance)
-    source, out, result = _prune_and_save(args, config, prune, args.retrain_steps)
-    return _report_pruned(source, out, result, f"removed {len(result.selection.names)} layers "
-                          f"({result.selection.method}, {args.criterion})")
+    return _prune_model(args, "layers")
 
 
 def cmd_bench(args) -> int:
@@ -554,15 +547,16 @@ def _eval_parser(sub) -> None:
 def _bench_parser(sub) -> None:
     """dipgo bench"""
     bench = sub.add_parser("bench", help="sweep every method over MACs budgets and bases; tables, JSON, plot")
-    bench.add_argument("models", nargs="*", help="zoo models (default: all of them)")
+    bench.add_argument("models", nargs="*", help="zoo names, diffusers folders or hub ids (default: the zoo's models)")
     bench.add_argument("--quick", action="store_true", help="a few minutes: the zoo's SD model, DDIM-20, 2 budgets, "
                        "32 images")
     bench.add_argument("--bases", type=types.BASES, default=None,
                        help="comma-separated base step counts (default 50,20)")
     bench.add_argument("--budgets", type=types.BUDGETS, default=None,
                        help="comma-separated MACs reduction factors (default 2,3,4.4)")
-    bench.add_argument("--methods", default=None, help="comma-separated families: dipgo, fewer steps, DeepCache, "
-                       "DeepCache non-uniform, FBCache")
+    bench.add_argument("--methods", default=None, help="comma-separated families (default: all): dipgo, dipgo "
+                       "reuse (no forecasting), fewer steps, DeepCache, DeepCache non-uniform, FBCache, TaylorSeer, "
+                       "TaylorSeer order 2, MagCache, SeaCache")
     bench.add_argument("--scheduler", default=None, help="ddim (default), pndm (PLMS), dpm++, euler: the base "
                        "sampler every method is measured on")
     bench.add_argument("--n", "--num-images", dest="n", type=types.IMAGES, default=None,
