@@ -16,7 +16,7 @@ from dipgo.models.pipelines import set_scheduler
 
 def test_taylorseer_lands_on_the_measured_setting_closest_to_the_budget(dit_pipe):
     set_scheduler(dit_pipe, "ddim")
-    ev = Evaluator(dit_pipe, n=1, guidance_scale=2.0, batch=1, calibration=digits(dit_pipe))
+    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=1, calibration=digits(dit_pipe))
     memo: dict = {}
     try:
         applied, reason = fit_cache("TaylorSeer", ev, dit_pipe, 8, 2.5, memo)
@@ -34,7 +34,7 @@ def test_taylorseer_lands_on_the_measured_setting_closest_to_the_budget(dit_pipe
 
 def test_block_stack_caches_say_why_they_do_not_apply_to_a_unet(sd_pipe):
     set_scheduler(sd_pipe, "ddim")
-    ev = Evaluator(sd_pipe, n=1, guidance_scale=4.0, batch=1, calibration=digits(sd_pipe))
+    ev = Evaluator(sd_pipe, n=2, guidance_scale=4.0, batch=1, calibration=digits(sd_pipe))
     try:
         for family in ("MagCache", "SeaCache"):
             applied, reason = fit_cache(family, ev, sd_pipe, 6, 2.0, {})
