@@ -145,3 +145,8 @@ def test_a_forecast_schedule_runs_a_pipeline_and_comes_off_cleanly(pipe_name, re
             dipgo.remove(pipe)
     assert not torch.equal(images[0], images[1])
     assert torch.equal(run(), full)
+    # nothing of dipgo is left: no hook on the denoiser or its blocks, set_timesteps the class's own again
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    registries = [m._diffusers_hook for m in denoiser.modules() if hasattr(m, "_diffusers_hook")]
+    assert not any(name.startswith("dipgo") for r in registries for name in r.hooks)
+    assert "set_timesteps" not in vars(pipe.scheduler) and not dipgo.is_applied(pipe)

@@ -160,3 +160,15 @@ def load_optimizer(opt, saved, where: str, field: str = "opt") -> None:
         opt.load_state_dict(saved)
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
         refuse(str(err))
+
+
+def check_progress(path, what: str, counter: str, count: int, history: list, fix: str) -> None:
+    """A checkpoint's progress fields: ``count`` (field ``counter``) equals the number of ``history`` rows,
+    each a dict numbered by ``counter`` in order; otherwise a :class:`DipgoError` naming the field and ``fix``."""
+    from .errors import DipgoError
+
+    if count < 0 or count != len(history):
+        raise DipgoError(f"{what} {path}: field '{counter}' ({count}) must equal the length of field 'history' "
+                         f"({len(history)}); {fix}")
+    if not all(isinstance(row, dict) and row.get(counter) == i for i, row in enumerate(history)):
+        raise DipgoError(f"{what} {path}: field 'history' must hold one dict per {counter}, in order; {fix}")

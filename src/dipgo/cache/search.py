@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..dist import World, world
 from ..errors import DipgoError
-from ..fileio import atomic_path, check_tensors, load_optimizer, read_checkpoint
+from ..fileio import atomic_path, check_progress, check_tensors, load_optimizer, read_checkpoint
 from ..models.adapters import BlockGraph, block_graph, effective_keep, resolve_blocks
 from ..models.costs import CostProfile, profile_denoiser
 from ..models.similarity import psnr, ssim
@@ -299,12 +299,7 @@ class SearchCheckpoint:
         state = read_checkpoint(self.path, "search checkpoint", self.FIELDS)
         iteration, history = state["iteration"], state["history"]
         fix = "delete it to start over"
-        if iteration < 0 or iteration != len(history):
-            raise DipgoError(f"search checkpoint {self.path}: field 'iteration' ({iteration}) must equal the length "
-                             f"of field 'history' ({len(history)}); {fix}")
-        if not all(isinstance(row, dict) and row.get("iteration") == i for i, row in enumerate(history)):
-            raise DipgoError(f"search checkpoint {self.path}: field 'history' must hold one dict per iteration, in "
-                             f"order; {fix}")
+        check_progress(self.path, "search checkpoint", "iteration", iteration, history, fix)
         if not math.isfinite(state["elapsed"]) or state["elapsed"] < 0:
             raise DipgoError(f"search checkpoint {self.path}: field 'elapsed' must be a time >= 0, got "
                              f"{state['elapsed']}; {fix}")

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import DipgoError
-from ..fileio import atomic_path, check_tensors, load_optimizer, read_checkpoint
+from ..fileio import atomic_path, check_progress, check_tensors, load_optimizer, read_checkpoint
 from .calibration import Calibration
 from .checks import check_at_least, check_choice
 from .data import TrainingSet, teacher_set, with_unconditional
@@ -251,12 +251,7 @@ def _read(path: Path, config: DistillConfig, fingerprint: dict) -> dict:
     state = read_checkpoint(path, "distillation checkpoint", CHECKPOINT_FIELDS)
     step, history, theirs = state["step"], state["history"], state["config"]
     fix = "delete it or use another checkpoint path"
-    if step < 0 or step != len(history):
-        raise DipgoError(f"distillation checkpoint {path}: field 'step' ({step}) must equal the length of field "
-                         f"'history' ({len(history)}); {fix}")
-    if not all(isinstance(row, dict) and row.get("step") == i for i, row in enumerate(history)):
-        raise DipgoError(f"distillation checkpoint {path}: field 'history' must hold one dict per step, in order; "
-                         f"{fix}")
+    check_progress(path, "distillation checkpoint", "step", step, history, fix)
     differs = {k: (theirs.get(k), v) for k, v in asdict(config).items() if k not in RESUMABLE and theirs.get(k) != v}
     if differs or state["fingerprint"] != fingerprint:
         what = differs or (f"the pruned model or the training set, field 'fingerprint' ({state['fingerprint']} "
