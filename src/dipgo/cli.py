@@ -403,11 +403,17 @@ def _distillation_args(p) -> None:
     _calibration_args(p)
 
 
+def _model_command(sub, name: str, help: str):
+    """A subcommand whose first argument is a MODEL."""
+    parser = sub.add_parser(name, help=help)
+    parser.add_argument("model", help="zoo name, diffusers folder or hub id")
+    return parser
+
+
 def _layers_parser(sub) -> None:
     """``dipgo layers``: its own settings, then the distillation settings it shares with ``dipgo depth``."""
-    lay = sub.add_parser("layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
+    lay = _model_command(sub, "layers", help="LAPTOP-Diff: remove whole layers for good (one-shot criterion, optional "
                          "distillation); writes a pipeline folder")
-    lay.add_argument("model", help="zoo name, diffusers folder or hub id")
     lay.add_argument("--ratio", type=types.RATIO, default=None, help="share of the denoiser's parameters to remove, in "
                      "(0, 1); with --by macs, share of its MACs per call")
     lay.add_argument("--criterion", default="output", help="output (default), magnitude, similarity, handcrafted")
@@ -421,9 +427,8 @@ def _layers_parser(sub) -> None:
 
 def _depth_parser(sub) -> None:
     """``dipgo depth``: its own settings, then the distillation settings it shares with ``dipgo layers``."""
-    dep = sub.add_parser("depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
+    dep = _model_command(sub, "depth", help="UPDP: linearise whole blocks progressively and merge each into one op; "
                          "writes a pipeline folder")
-    dep.add_argument("model", help="zoo name, diffusers folder or hub id")
     dep.add_argument("--ratio", type=types.RATIO, default=None, help="share of the candidate blocks to merge (--mode "
                      "remove: to remove), in (0, 1); with --by macs / --by params, share of the denoiser's MACs per "
                      "call / parameters that pruning them saves")
@@ -442,8 +447,7 @@ def _depth_parser(sub) -> None:
 
 def _info_parser(sub) -> None:
     """dipgo info"""
-    info = sub.add_parser("info", help="blocks, parameters, MACs and measured latency per denoiser call")
-    info.add_argument("model", help="zoo name, diffusers folder or hub id")
+    info = _model_command(sub, "info", help="blocks, parameters, MACs and measured latency per denoiser call")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--runs", type=types.RUNS, default=20, help="timed calls after warm-up (default 20)")
     _device_args(info)
@@ -452,8 +456,7 @@ def _info_parser(sub) -> None:
 
 def _prune_parser(sub) -> None:
     """dipgo prune: the pruning pipeline"""
-    prune = sub.add_parser("prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
-    prune.add_argument("model", help="zoo name, diffusers folder or hub id")
+    prune = _model_command(sub, "prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
     prune.add_argument("--ratio", type=types.RATIOS, default="0.8",
                        help="pruned share of MACs in (0, 1); several, comma-separated, share one search")
     prune.add_argument("--steps", type=types.SEARCH_STEPS, default=50, help="num_inference_steps the schedule is for")
@@ -498,8 +501,7 @@ def _show_and_sample_parsers(sub) -> None:
     show.add_argument("schedule")
     show.set_defaults(fn=cmd_show)
 
-    sample = sub.add_parser("sample", help="sample a grid of images (balanced over the conditions)")
-    sample.add_argument("model", help="zoo name, diffusers folder or hub id")
+    sample = _model_command(sub, "sample", help="sample a grid of images (balanced over the conditions)")
     sample.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     sample.add_argument("--compare", action="store_true", help="with --schedule: three rows, the full model, "
                         "dipgo, and fewer steps at the same MACs, each labelled with its PSNR against the full model")
@@ -518,9 +520,8 @@ def _show_and_sample_parsers(sub) -> None:
 
 def _eval_parser(sub) -> None:
     """dipgo eval"""
-    ev = sub.add_parser("eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
+    ev = _model_command(sub, "eval", help="a schedule or baseline against the full model: MACs, latency, FID, "
                         "accuracy, PSNR/SSIM (JSON)")
-    ev.add_argument("model", help="zoo name, diffusers folder or hub id")
     ev.add_argument("--schedule", default=None, help="a schedule from 'dipgo prune'")
     ev.add_argument("--method", default=None, help="full | steps:K | deepcache:N[,branch=B,mode=nonuniform] | "
                     "fbcache:THRESHOLD[,impl=dipgo] | schedule:FILE | diffusers' own caches: "

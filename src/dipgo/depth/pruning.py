@@ -54,9 +54,8 @@ class DepthConfig(MethodConfig):
         ramp_share: the share of the training steps over which ``progressive`` ramps the blend factor to 1;
             the rest adapts the fully linear blocks.
         names: the candidate blocks (None: every block with a pruned form).
-        n_images: calibration images whose sampling calls the choice is measured on.
-        num_inference_steps: sampling steps of those calibration runs (and of the teacher's training set).
-        guidance_scale: guidance of those runs (None: the pipeline's default).
+        n_images, num_inference_steps, guidance_scale: the calibration runs (and the teacher's training set),
+            keywords shared by every method (see :class:`~dipgo.models.distill.MethodConfig`).
     """
 
     ratio: float

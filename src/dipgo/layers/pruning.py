@@ -43,9 +43,8 @@ class LayersConfig(MethodConfig):
         by: ``params`` or ``macs``, the measure ``ratio`` is a share of.
         method: ``knapsack`` (the best set for additive scores) or ``greedy`` (smallest score per cost).
         distill: the retraining that follows (``distill.steps=0``, the default: one-shot, no retraining).
-        n_images: calibration images whose sampling calls the criterion is measured on.
-        num_inference_steps: sampling steps of those calibration runs (and of the teacher's training set).
-        guidance_scale: guidance of those runs (None: the pipeline's default).
+        n_images, num_inference_steps, guidance_scale: the calibration runs (and the teacher's training set),
+            keywords shared by every method (see :class:`~dipgo.models.distill.MethodConfig`).
     """
 
     ratio: float
