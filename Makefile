@@ -5,7 +5,7 @@ DIPGO  := $(VENV)/bin/dipgo
 STAMP  := $(VENV)/.installed
 OUT    ?= out
 
-.PHONY: install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth bench-wall \
+.PHONY: bench-forecast install demo test lint bench bench-quick bench-prune bench-generic bench-layers bench-depth bench-wall \
 	bench-samplers bench-scale clean
 
 $(STAMP): pyproject.toml
@@ -35,6 +35,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(DIPGO) bench mnist-sd mnist-dit --budgets 2,3,4.4,6 --out benchmarks/results/bench
 	$(PY) -m benchmarks.bench_pages benchmarks/results/bench
+
+# dipgo with forecasting against diffusers' caches (TaylorSeer, MagCache, SeaCache) and the simple schedules, both
+# models, DDIM-20, 2x/4x/8x, quick effort; then what forecasting costs in cache memory and time (alone on the machine).
+bench-forecast: $(STAMP)
+	$(DIPGO) bench mnist-dit mnist-sd --bases 20 --budgets 2,4,8 --effort quick --n 48 --batch 16 --methods "dipgo,fewer steps,DeepCache,FBCache,TaylorSeer,TaylorSeer order 2,MagCache,SeaCache" --out benchmarks/results/bench-forecast
+	$(PY) -m benchmarks.bench_pages benchmarks/results/bench-forecast
+	$(PY) -m benchmarks.forecast_cost
 
 # How much of the MACs speedup a whole generation keeps (16 images), alone on the machine.
 bench-wall: $(STAMP)

@@ -124,6 +124,11 @@ def compared(report: dict) -> list[str]:
     return [f for f in COMPARED if f in seen]
 
 
+def comparable(other: tuple, dipgo: dict) -> bool:
+    """Whether a compared value stands at dipgo's MACs: interpolated, or its nearest point within 10 %."""
+    return other[2] or abs(math.log(other[3] / dipgo["macs_speedup"])) <= math.log(1.1)
+
+
 def comparison_header(families: list[str]) -> list[str]:
     return ["dipgo MACs", "dipgo PSNR (dB)", "dipgo FID"] + [f"{COLUMN.get(f, f)}: PSNR / FID" for f in families]
 
@@ -145,18 +150,20 @@ def comparison_rows(report: dict, base: int | None = None, with_base: bool = Tru
                 pts = curves.get(family)
                 if pts:
                     psnr, inside = at_macs(pts, d["macs_speedup"], "psnr_vs_full")
-                    others.append((psnr, at_macs(pts, d["macs_speedup"], "fid")[0], inside))
+                    near = min(pts, key=lambda p: abs(math.log(p["macs_speedup"] / d["macs_speedup"])))
+                    others.append((psnr, at_macs(pts, d["macs_speedup"], "fid")[0], inside, near["macs_speedup"]))
                 else:
                     others.append(None)
-            best = max([d["psnr_vs_full"]] + [o[0] for o in others if o])  # the best PSNR of the row is bold
+            # the best PSNR of the row is bold, among values at dipgo's MACs (a nearest point within 10 % counts)
+            best = max([d["psnr_vs_full"]] + [o[0] for o in others if o and comparable(o, d)])
 
             def cell(psnr: float, best: float = best) -> str:
                 return f"**{psnr:.2f}**" if psnr == best else f"{psnr:.2f}"
 
             row = [model] + ([f"{sched}-{b}"] if with_base else [])
             row += [f"{d['macs_speedup']:.2f}x", cell(d["psnr_vs_full"]), f"{d['fid']:.2f}"]
-            row += ["-" if o is None else f"{cell(o[0])} / {o[1]:.2f}" + ("" if o[2] else " (nearest)")
-                    for o in others]
+            row += ["-" if o is None else f"{cell(o[0]) if comparable(o, d) else f'{o[0]:.2f}'} / {o[1]:.2f}"
+                    + ("" if o[2] else f" (nearest: {o[3]:.2f}x)") for o in others]
             rows.append(row)
     return rows
 
@@ -201,9 +208,10 @@ def bench_section(results: Path, rel: str, title: str) -> list[str]:
         setup.append("uniform fallback on")
     lines = [f"## {title}", "", source(rel, report.get("machine"), extra), "",
              f"Produced by `{bench_command(cfg)}`; {', '.join(setup)}.", "",
-             "dipgo against the simple schedules at dipgo's own MACs (each baseline's curve interpolated in "
-             "log-MACs between its two measured points around dipgo's; '(nearest)': no measured point beyond "
-             "dipgo's, so the nearest one). The best PSNR of each row is in bold.", ""]
+             "dipgo against the other methods at dipgo's own MACs (each method's curve interpolated in "
+             "log-MACs between its two measured points around dipgo's; '(nearest: Mx)': no measured point beyond "
+             "dipgo's, so the nearest one, at M times fewer MACs). The best PSNR of each row is in bold, among "
+             "values at dipgo's MACs or within 10 % of them.", ""]
     lines += table(["model", "base"] + comparison_header(compared(report)), comparison_rows(report)) + [""]
     for (model, base), recs in groups(report).items():
         lines += [f"### {model}, {scheduler_label(cfg)}-{base}", ""]
@@ -263,6 +271,26 @@ def wall_section(results: Path) -> list[str]:
             "MACs`: against the MACs of every op of the generation (text encoder and VAE included).", ""] + table(
         ["malloc", "model", "method", "repeats", "MACs speedup", "wall speedup", "wall / MACs", "denoiser / MACs",
          "wall / whole MACs", "ms/image", "page faults / generation"], rows) + [""]
+
+
+def forecast_cost_section(results: Path) -> list[str]:
+    rel = "forecast-cost.json"
+    data = load(results, rel)
+    if data is None:
+        return []
+    rows = []
+    for r in data["rows"]:
+        for order, o in r["orders"].items():
+            time = "-" if "time_ratio" not in o else (
+                f"{1 / o['time_ratio']:.3f} [{1 / o['time_ratio_range'][1]:.3f}-{1 / o['time_ratio_range'][0]:.3f}]")
+            rows.append([r["model"], order + (" (chosen)" if int(order) == r["chosen_order"] else ""),
+                         f"{o['macs_speedup']:.2f}x", f"{o['peak_cache_bytes'] / 2**20:.2f}", time])
+    return ["## What forecasting costs", "", source(rel, data.get("machine")), "",
+            f"Produced by `{data['command']}`: the 4x dipgo schedule of `bench-forecast` at each forecast order "
+            f"(the same computed blocks), generations of {data['rows'][0]['batch']} images. Cache: the most MiB "
+            "the runtime's caches hold after any denoiser call. Time: a generation's time over order 0's, timed in "
+            "turn, median [range] over passes.", ""] + table(
+        ["model", "forecast order", "MACs speedup", "cache (MiB)", "time vs order 0"], rows) + [""]
 
 
 def prune_time_section(results: Path) -> list[str]:
@@ -454,8 +482,8 @@ def build_page(results: Path = RESULTS) -> str:
     names += sorted(p.parent.name for p in results.glob("bench-*/bench.json") if p.parent.name not in BENCHES)
     for name in names:
         sections.append(bench_section(results, f"{name}/bench.json", BENCHES.get(name, name)))
-    for part in (budget_range_section, transfer_section, wall_section, prune_time_section, scaling_section,
-                 layers_section, depth_section):
+    for part in (forecast_cost_section, budget_range_section, transfer_section, wall_section, prune_time_section,
+                 scaling_section, layers_section, depth_section):
         sections.append(part(results))
     sections += included_sections(results)
     sections = [s for s in sections if s]
