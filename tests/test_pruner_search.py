@@ -50,15 +50,25 @@ def test_bad_search_settings(kw, needle):
         SearchConfig(**kw)
 
 
-def test_search_moves_gradually_and_resumes(sd_pipe, tmp_path):
+def test_search_moves_gradually_and_resumes_exactly(sd_pipe, tmp_path):
     cfg = SearchConfig(ratio=0.6, num_inference_steps=6, iterations=14, batch=1, checkpoint_every=1, seed=3)
+    whole = Search(sd_pipe, cfg).run(progress=False)
+
+    class Interrupted(Search):  # killed at the start of iteration 7 of the same 14-iteration run
+        def step(self, att):
+            if self.iteration == 7:
+                raise KeyboardInterrupt
+            return super().step(att)
+
     ckpt = tmp_path / "search.pt"
-    first = Search(sd_pipe, SearchConfig(**{**cfg.__dict__, "iterations": 14}), checkpoint_path=ckpt)
-    first.cfg.iterations = 7               # an interrupted run: only half the iterations happen
-    first.run(progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        Interrupted(sd_pipe, cfg, checkpoint_path=ckpt).run(progress=False)
     resumed = Search(sd_pipe, cfg, checkpoint_path=ckpt)
     assert resumed.iteration == 7 and len(resumed.history) == 7
     result = resumed.run(progress=False)
+    # the resumed run is the uninterrupted one: the same scores, and the same history but for its clock
+    torch.testing.assert_close(result.scores, whole.scores, atol=1e-6, rtol=0)
+    assert [h["hard_kept_share"] for h in result.history] == [h["hard_kept_share"] for h in whole.history]
     hist = result.history
     assert [h["iteration"] for h in hist] == list(range(14))
     kept = [h["hard_kept_share"] for h in hist]
