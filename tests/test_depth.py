@@ -109,10 +109,17 @@ def test_wrong_base_is_refused(tmp_path):
 
 
 def test_merged_model_refuses_the_unpruned_schedule():
-    from dipgo.models.identity import config_hash
+    import dipgo
+    from dipgo.evaluate.baselines import DeepCache
 
+    full = _dit()
+    schedule = DeepCache(2).bind(full, 4, 1.0).schedule  # a schedule of the unpruned transformer
+    dipgo.apply(full, schedule)  # fits the model it was made on
+    dipgo.remove(full)
     res = prune_depth(_dit(), 0.5, train_steps=0, **FAST)
-    assert config_hash(res.pipe.transformer) != config_hash(_dit().transformer)
+    with pytest.raises(dipgo.ScheduleError, match="model config hash"):
+        dipgo.apply(res.pipe, schedule)
+    assert not dipgo.is_applied(res.pipe)
 
 
 def test_bad_ratios_and_modes():
