@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 
+import numpy as np
 import pytest
 import torch
 from families import tiny_dit, tiny_sd
@@ -171,13 +172,23 @@ def test_composes_with_dipgo():
     pipe = res.pipe
     schedule = dipgo.prune(pipe, ratio=0.5, num_inference_steps=4, iterations=2, batch=1, progress=False,
                            evaluations=8, held_out=1, references=0)
+    # the schedule's costs are the merged model's: its MACs per call times the calls (twice with CFG)
+    assert schedule.macs_full / (schedule.num_calls * res.macs) in (1, 2) and res.macs < res.macs_full
+    assert schedule.macs < schedule.macs_full
+
+    def run():
+        return pipe(class_labels=[1], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                    output_type="np").images
+
+    merged = run()
     dipgo.apply(pipe, schedule)
     try:
-        out = pipe(class_labels=[1], num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                   output_type="np").images
+        out = run()
     finally:
         dipgo.remove(pipe)
-    assert out.shape[0] == 1
+    assert out.shape == merged.shape and np.isfinite(out).all()
+    assert not np.array_equal(out, merged) or all(len(s) == len(schedule.blocks) for s in schedule.steps)
+    assert np.array_equal(run(), merged)  # removed: the merged model alone again
     with pytest.raises(dipgo.ScheduleError):  # searched on the merged model: refused on the unpruned one
         dipgo.apply(_dit(), schedule)
 
