@@ -1,5 +1,10 @@
 """Shared test helpers: schedules from masks, and the zoo models' digit conditions."""
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 from dipgo import Calibration
@@ -24,3 +29,17 @@ def digits(pipe) -> Calibration:
 
 def generate_digits(pipe, labels, **kw) -> torch.Tensor:
     return generate(pipe, digits(pipe), list(labels), **kw)
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research_unet.py"
+
+
+def research_example() -> ModuleType:
+    """examples/research_unet.py, loaded by file path (it is a script, not a package module)."""
+    if "research_unet_example" in sys.modules:
+        return sys.modules["research_unet_example"]
+    spec = importlib.util.spec_from_file_location("research_unet_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -48,3 +48,22 @@ def test_the_report_names_what_was_not_measured_and_why():
               "config": {"tag": "bench", "n": 4, "seed": 0, "batch": 4, "scheduler": "ddim"}, "seconds": 60.0,
               "records": [], "not_applicable": {"mnist-sd": {"MagCache": "needs transformer blocks"}}}
     assert "Not measured on mnist-sd: MagCache (needs transformer blocks)." in markdown(report)
+
+
+def test_a_bisected_cache_is_the_bound_setting_closest_to_the_budget(dit_pipe, monkeypatch):
+    """The threshold bisection returns the very method it measured closest to the budget, ready to run again."""
+    from dipgo.evaluate import budget_fit
+
+    set_scheduler(dit_pipe, "ddim")
+    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=1, calibration=digits(dit_pipe))
+    seen = []
+    real = budget_fit._speedup
+    monkeypatch.setattr(budget_fit, "_speedup", lambda *a: seen.append((a[1], real(*a))) or seen[-1][1])
+    try:
+        applied, reason = fit_cache("SeaCache", ev, dit_pipe, 6, 2.0, {})
+        assert reason == "" and len(seen) == 7
+        best = min(seen, key=lambda x: abs(math.log(x[1] / 2.0)))
+        assert applied is best[0]
+        assert real(ev, applied, 6, 4) == pytest.approx(best[1], rel=1e-6)
+    finally:
+        ev.close()

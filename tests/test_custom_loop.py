@@ -3,12 +3,9 @@ of the custom-loop and calibration paths."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import research_example
 
 import dipgo
 from dipgo.cli import main
@@ -16,18 +13,13 @@ from dipgo.models.calibration import parse_class_labels, read_prompts
 from dipgo.models.costs import ExecutionProbe
 from dipgo.models.similarity import psnr
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research_unet.py"
 BLOCKS = ["down.0", "down.1", "mid", "up.0", "up.1"]
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def ex():
-    spec = importlib.util.spec_from_file_location("research_unet_for_dipgo", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return research_example()
 
 
 @pytest.fixture()

@@ -3,31 +3,20 @@ number generators are left as they were."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import research_example
 
 import dipgo
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research_unet.py"
 BLOCKS = ["down.0", "down.1", "mid", "up.0", "up.1"]
 STEPS = 6
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("research_unet_for_determinism", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_one_seed_one_schedule_and_the_global_rngs_untouched(tmp_path):
-    ex = _example()
+    ex = research_example()
     torch.manual_seed(0)
     net = ex.TinyUNet(in_channels=1, image_size=16, base_channels=8, channel_mult=(1, 2), norm_groups=4).eval()
     net.requires_grad_(False)

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from helpers import research_example
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research_unet.py"
 STAGES = ("down.0", "down.1", "mid", "up.0", "up.1")
 SHAPE = (1, 16, 16)
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("research_unet_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def ex() -> ModuleType:
-    return _load_example()
+    return research_example()
 
 
 @pytest.fixture()

@@ -37,15 +37,16 @@ def _taylorseer(ev: Evaluator, pipe, steps: int, budget: float, order: int, memo
     return best[0]
 
 
-def _bisect(ev: Evaluator, pipe, steps: int, budget: float, make, calib: int = 4, iters: int = 7):
-    """Bisect a threshold (log scale) so that a calibration batch lands at ``budget``."""
+def _bisect(ev: Evaluator, steps: int, budget: float, bind, calib: int = 4, iters: int = 7) -> Applied:
+    """Bisect a threshold (log scale) so that a calibration batch lands at ``budget``; ``bind(threshold)``
+    gives the bound method."""
     lo, hi, best = -3.0, 1.0, None
     for _ in range(iters):
         mid = (lo + hi) / 2
-        method, applied = make(round(10 ** mid, 5))
+        applied = bind(round(10 ** mid, 5))
         s = _speedup(ev, applied, steps, calib)
         if best is None or abs(math.log(s / budget)) < abs(math.log(best[1] / budget)):
-            best = (method, s)
+            best = (applied, s)
         lo, hi = (mid, hi) if s < budget else (lo, mid)
     return best[0]
 
@@ -69,15 +70,6 @@ def fit_cache(family: str, ev: Evaluator, pipe, steps: int, budget: float, memo:
         key = ("magratios", steps)
         if key not in memo:
             memo[key] = mag_ratios(pipe, steps, ev.guidance, probe.calib)
-
-        def make(t):
-            m = MagCache(t, max_skip=skips)
-            return m, m.bind(pipe, steps, ev.guidance, ratios=memo[key])
-    else:
-        def make(t):
-            m = SeaCache(t, max_skip=skips)
-            return m, m.bind(pipe, steps, ev.guidance)
-    method = _bisect(ev, pipe, steps, budget, make)
-    if family == "MagCache":
-        return method.bind(pipe, steps, ev.guidance, ratios=memo[("magratios", steps)]), ""
-    return method.bind(pipe, steps, ev.guidance), ""
+        return _bisect(ev, steps, budget, lambda t: MagCache(t, max_skip=skips).bind(
+            pipe, steps, ev.guidance, ratios=memo[key])), ""
+    return _bisect(ev, steps, budget, lambda t: SeaCache(t, max_skip=skips).bind(pipe, steps, ev.guidance)), ""
