@@ -5,11 +5,12 @@ loops) and ``dipgo bench`` all run :func:`prune_schedules`, with the same stages
    evenly spread schedule of that budget, so it begins at a good point and moves only where its
    gradients say a (call, block) pair matters more than another.
 2. **select**: the searched schedule and the simple schedules of the same budget (evenly spread full
-   calls, which is fewer steps on DDIM; full calls every N, which is DeepCache/FORA spacing) are each
+   calls, which is fewer steps on DDIM; full calls every N, which is DeepCache/FORA spacing; the first three
+   calls full and then every N, which is TaylorSeer's) are each
    brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`), with reused
    blocks taken as they are (forecast order 0) and extrapolated from their last values (orders 1 and 2).
 3. **refine**: a local search from the best (start, order) pair (:mod:`dipgo.cache.refine`) spends what is left of
-   the held-out budget.
+   the held-out budget; the search's keep scores say which gates it tries first.
 4. **compare**: fewer steps at the same MACs on the same held-out images (on a custom loop, the evenly
    spread schedule of the same MACs), so the user sees what the schedule beats.
 
@@ -55,8 +56,9 @@ EFFORTS = {
     "default": Effort(iterations=80, batch=4, references=32, evaluations=400, held_out=16, repair_candidates=12),
     "thorough": Effort(iterations=250, batch=4, references=128, evaluations=1500, held_out=32, repair_candidates=16),
 }
-# Selection measures up to five starts (the search, two evenly spread and two every-N schedules) once each at
-# every forecast order it tries; a budget below that is spent on those measurements and nothing else.
+# Selection measures up to seven starts (the search, and two each of the evenly spread, every-N and warm-up
+# spacings) once each at every forecast order it tries; a budget below that is spent on those measurements and
+# nothing else.
 MIN_EVALUATIONS = 8
 
 

@@ -1,14 +1,17 @@
 """Refine a schedule by local search on held-out generations, at a fixed MACs budget.
 
 The gradient search ends in a good region but not always at a point better than the simple schedules
-the same space contains: evenly spread full calls (fewer steps on a UNet, FORA on a transformer). This
-step starts from the best of the searched schedule and the uniform schedules next to the budget,
+the same space contains: evenly spread full calls (fewer steps on a UNet), full calls every N (DeepCache,
+FORA) and a few full first calls before that (TaylorSeer's warm-up). This step starts from the best of the
+searched schedule and the simple schedules next to the budget,
 *repairs* each to the budget (greedily drops the gate whose loss hurts the held-out images least) or spends
 the slack it leaves (greedily adds the gate that helps most), then
 climbs: it proposes moves (a call's computed blocks shifted to the next or previous call; one computed and
 one reused (call, block) pair swapped, mostly between neighbouring calls) and keeps a move when the
 held-out PSNR against the full model rises. Shifts are swept exhaustively first (best improvement,
-until none helps), then random moves spend what is left.
+until none helps), then random moves spend what is left. Where a choice is random (the gates a repair
+tries, the swaps a climb proposes), half of it follows the search's keep scores: the gates the search
+found least needed are dropped first, the most needed added first.
 
 Everything is measured on ``n`` held-out generations (seeds from :data:`HELD_OUT_SEED`, never the
 seeds benchmarks evaluate on), so the gain it reports is a held-out gain; the benchmark's own seeds then
@@ -106,15 +109,29 @@ def _cascade(keep: torch.Tensor, graph) -> torch.Tensor:
     return effective_keep(keep, graph)
 
 
+def _draw(gates: list[tuple[int, int]], k: int, rng: random.Random, guide: torch.Tensor | None,
+          low: bool) -> list[tuple[int, int]]:
+    """``k`` of ``gates`` (pairs (call - 1, block)): at random, or with the search's keep scores as a guide, the
+    half with the lowest (``low``) or highest scores first and the rest at random (so a misleading score
+    costs only half the candidates)."""
+    k = min(k, len(gates))
+    if guide is None:
+        return rng.sample(gates, k)
+    ranked = sorted(gates, key=lambda g: (float(guide[g[0] + 1, g[1]]) * (1 if low else -1), rng.random()))
+    head = ranked[:(k + 1) // 2]
+    rest = [g for g in gates if g not in head]
+    return head + rng.sample(rest, k - len(head))
+
+
 def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig, result,
-            rng: random.Random) -> torch.Tensor:
+            rng: random.Random, guide: torch.Tensor | None = None) -> torch.Tensor:
     """Drop computed gates (call >= 1) until the pruned share reaches ``ratio - tol``; each time the one
-    (of ``repair_candidates`` drawn) whose loss costs the least held-out PSNR."""
+    (of ``repair_candidates`` drawn, see :func:`_draw`) whose loss costs the least held-out PSNR."""
     while pruned_ratio(mask, result.profile) < ratio - cfg.tol:
         on = [(i, j) for i, j in (mask[1:] > 0.5).nonzero().tolist()]
         if not on:
             raise DipgoError(f"cannot reach ratio {ratio}: nothing left to skip")
-        cands = rng.sample(on, min(cfg.repair_candidates, len(on)))
+        cands = _draw(on, cfg.repair_candidates, rng, guide, low=True)
         if score.left < len(cands):  # out of evaluations: drop one of them unmeasured
             i, j = cands[0]
             keep = mask.clone()
@@ -134,13 +151,13 @@ def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig
 
 
 def _grow(mask: torch.Tensor, value: float, ratio: float, score: Callable, cfg: RefineConfig, result,
-          rng: random.Random) -> tuple[torch.Tensor, float]:
-    """Spend the slack a start leaves under the budget: add the reused gate (of ``repair_candidates`` drawn)
-    that helps the held-out images most, while one more still fits and helps."""
+          rng: random.Random, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Spend the slack a start leaves under the budget: add the reused gate (of ``repair_candidates`` drawn,
+    see :func:`_draw`) that helps the held-out images most, while one more still fits and helps."""
     while score.left >= cfg.repair_candidates:
         off = [(i, j) for i, j in (mask[1:] < 0.5).nonzero().tolist()]
         trials = []
-        for i, j in rng.sample(off, min(cfg.repair_candidates, len(off))):
+        for i, j in _draw(off, cfg.repair_candidates, rng, guide, low=False):
             keep = mask.clone()
             keep[i + 1, j] = 1
             trial = _cascade(keep, result.graph)
@@ -162,8 +179,19 @@ def _shift_call(mask: torch.Tensor, i: int, k: int) -> torch.Tensor:
     return keep
 
 
-def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch.Tensor | None:
-    """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call."""
+def _pick(gates: list[tuple[int, int]], rng: random.Random, guide: torch.Tensor | None, low: bool) -> tuple[int, int]:
+    """One of ``gates`` (pairs (call, block)): at random, or half the time the best of four drawn by the search's
+    keep score (lowest for a gate to drop, highest for one to add)."""
+    if guide is None or rng.random() < 0.5:
+        return rng.choice(gates)
+    drawn = [rng.choice(gates) for _ in range(4)]
+    return min(drawn, key=lambda g: float(guide[g]) * (1 if low else -1))
+
+
+def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random,
+             guide: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call; the
+    other swaps lean on the search's keep scores when ``guide`` is given (see :func:`_pick`)."""
     calls, blocks = mask.shape
     on = [(i, j) for i, j in (mask > 0.5).nonzero().tolist() if i > 0]
     off = [(i, j) for i, j in (mask < 0.5).nonzero().tolist()]
@@ -181,38 +209,53 @@ def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch
             return None
         a, b = rng.choice(near)
     else:
-        (i, j), (a, b) = rng.choice(on), rng.choice(off)
+        (i, j), (a, b) = _pick(on, rng, guide, low=True), _pick(off, rng, guide, low=False)
     keep = mask.clone()
     keep[i, j], keep[a, b] = 0.0, 1.0
     return keep
 
 
-def interval_mask(calls: int, blocks: int, interval: int) -> torch.Tensor:
-    """Full calls 0, N, 2N, ... and reuse in between: DeepCache's (and FORA's) uniform spacing, which leaves
-    the last calls reusing, where :func:`uniform_mask` spreads the full calls to the very last one."""
+def interval_mask(calls: int, blocks: int, interval: int, warmup: int = 0) -> torch.Tensor:
+    """Full calls at the first ``warmup`` calls, then every ``interval`` calls, reusing in between: DeepCache's and
+    FORA's spacing (``warmup=0``) or TaylorSeer's (full first steps, while the features still change fast). Unlike
+    :func:`uniform_mask` it leaves the last calls reusing."""
     mask = torch.zeros(calls, blocks)
-    mask[::interval] = 1
+    mask[:warmup] = 1
+    mask[warmup::interval] = 1
     return mask
 
 
+WARMUPS = (3, 2, 1)  # full first calls of the warm-up spacing: TaylorSeer's default, or fewer where 3 leave no budget
+
+
+def _coarsest(masks: dict[str, torch.Tensor], graph, profile, floor: float) -> dict[str, torch.Tensor]:
+    """Of ``masks`` (ordered from most pruned to least), the last that reaches the pruned share ``floor`` and
+    the next finer one (which the repair then trims to the budget); none if none reaches it."""
+    masks = {k: _cascade(m, graph) for k, m in masks.items()}
+    names = list(masks)
+    fit = [i for i, k in enumerate(names) if pruned_ratio(masks[k], profile) >= floor]
+    if not fit:
+        return {}
+    return {names[i]: masks[names[i]] for i in sorted({fit[-1], min(len(names) - 1, fit[-1] + 1)})}
+
+
 def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dict[str, torch.Tensor]:
-    """For both spacings, the coarsest schedule that reaches the pruned share ``floor`` and the next finer
-    one (which the repair then trims to the budget)."""
+    """For each spacing (evenly spread, every N, warm-up then every N), the two schedules of :func:`_coarsest`."""
     out = {}
     families = {"uniform": {f"{k}/{calls}": uniform_mask(calls, blocks, 1 - k / calls) for k in range(1, calls + 1)},
                 "every": {f"{n}": interval_mask(calls, blocks, n) for n in range(calls, 0, -1)}}
-    for family, masks in families.items():  # ordered from most pruned to least
-        masks = {k: _cascade(m, graph) for k, m in masks.items()}
-        names = list(masks)
-        fit = [i for i, k in enumerate(names) if pruned_ratio(masks[k], profile) >= floor]
-        if fit:
-            for i in sorted({fit[-1], min(len(names) - 1, fit[-1] + 1)}):
-                out[f"{family} {names[i]}"] = masks[names[i]]
+    for w in WARMUPS:  # the longest warm-up that leaves room for the budget
+        warm = {f"{n}": interval_mask(calls, blocks, n, w) for n in range(calls, 0, -1)}
+        if _coarsest(warm, graph, profile, floor):
+            families[f"warm-up {w}, every"] = warm
+            break
+    for family, masks in families.items():
+        out.update({f"{family} {k}": m for k, m in _coarsest(masks, graph, profile, floor).items()})
     return out
 
 
 def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result, rng: random.Random) -> dict[tuple[str, int], float]:
+                    result, rng: random.Random, guide: torch.Tensor | None) -> dict[tuple[str, int], float]:
     """Repair every start to the budget (or spend its slack) at the first forecast order, then measure its
     held-out PSNR at every order: one value per (start, order); updates ``starts``."""
     values: dict[tuple[str, int], float] = {}
@@ -220,9 +263,9 @@ def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: 
     for name, mask in list(starts.items()):
         score.order = first
         if not fits(mask):
-            mask = _repair(mask, ratio, score, cfg, result, rng)
+            mask = _repair(mask, ratio, score, cfg, result, rng, guide)
         value = score(mask)
-        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng)
+        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng, guide)
         for order in others:
             score.order = order
             values[name, order] = score(starts[name])
@@ -262,12 +305,12 @@ def _sweep(best: torch.Tensor, value: float, fits, score: Scorer, graph,
 
 
 def _climb(best: torch.Tensor, value: float, fits, score: Scorer, cfg: RefineConfig, graph, rng: random.Random,
-           history: list[float]) -> tuple[torch.Tensor, float]:
+           history: list[float], guide: torch.Tensor | None) -> tuple[torch.Tensor, float]:
     """Random moves (:func:`_propose`), each kept when the held-out PSNR rises, until the budget is spent."""
     tries = 0
     while score.left > 0 and tries < 50 * max(1, cfg.evaluations):
         tries += 1
-        keep = _propose(best, cfg, rng)
+        keep = _propose(best, cfg, rng, guide)
         if keep is None:
             continue
         trial = _cascade(keep, graph)
@@ -286,7 +329,9 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
     """The best schedule found at pruned MACs share >= ``ratio - tol``, by held-out PSNR; see the module
     docstring. ``target`` is a pipeline (run with ``calibration`` and ``guidance_scale``) or a sampler of
     :mod:`dipgo.cache.driver`; ``result`` is a :class:`~dipgo.cache.search.SearchResult` of it.
-    ``simple_only`` leaves the searched schedule out of the starts (to measure what the search adds)."""
+    The search's keep scores also guide which gates the repair, the growth and the climb try first.
+    ``simple_only`` leaves out everything the search learned, its schedule and its scores as a guide (to measure
+    what the search adds)."""
     cfg = config or RefineConfig()
     if not 0.0 < ratio < 1.0:
         raise DipgoError(f"ratio must be in (0, 1), got {ratio}")
@@ -299,14 +344,15 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
     sampler = target if hasattr(target, "profile_call") else PipelineSampler(
         target, calibration, result.config.num_inference_steps, guidance_scale)
     score = scorer or Scorer(sampler, result, cfg.n, cfg.evaluations, progress)
+    guide = None if simple_only else result.scores.detach().float()
     try:
         starts = {} if simple_only else {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
         starts.update(_simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol))
-        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng)
+        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng, guide)
         (start, score.order) = max(values, key=lambda k: (values[k], k[0] == "search", -k[1]))
         history = [values[start, score.order]]
         best, value = _sweep(starts[start], history[0], fits, score, graph, history)
-        best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
+        best, value = _climb(best, value, fits, score, cfg, graph, rng, history, guide)
     finally:
         score.bar.close()
     labels = {start_label(*k): v for k, v in values.items()}
