@@ -42,6 +42,13 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x / 2 + 0.5).clamp(0, 1)
 
 
+def _decoded(out) -> torch.Tensor:
+    """A VAE's decoded batch in [0, 1]; a video VAE's (B, C, F, H, W) comes back as (B, F, C, H, W), the
+    layout of a video pipeline's ``output_type="pt"`` frames."""
+    x = _to_unit(out[0] if isinstance(out, tuple) else out.sample)
+    return x.transpose(1, 2) if x.dim() == 5 else x
+
+
 @dataclass
 class Trace:
     """What one counting run saw: the denoiser's calls per generation, and its first call's inputs."""
@@ -80,7 +87,7 @@ class PipelineSampler:
 
             def decode(*args, **kwargs):
                 out = original(*args, **kwargs)
-                raise _Finished(_to_unit(out[0] if isinstance(out, tuple) else out.sample))
+                raise _Finished(_decoded(out))
 
             vae.decode = decode
             patched.append((vae, "decode"))
@@ -128,7 +135,8 @@ class PipelineSampler:
 
 
 class FunctionSampler:
-    """A user's own loop: ``sample_fn(generators) -> images (N, C, H, W) in [0, 1]``, one image per generator."""
+    """A user's own loop: ``sample_fn(generators) -> images (N, C, H, W) in [0, 1]`` (or videos
+    (N, F, C, H, W)), one image per generator."""
 
     def __init__(self, sample_fn: Callable[[list[torch.Generator]], torch.Tensor], denoiser: torch.nn.Module,
                  num_inference_steps: int):
@@ -151,10 +159,10 @@ class FunctionSampler:
 
     def __call__(self, conditions: Sequence[int], generators: list[torch.Generator]) -> torch.Tensor:
         images = self.sample_fn(list(generators))
-        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[0] != len(generators):
+        if not torch.is_tensor(images) or images.dim() not in (4, 5) or images.shape[0] != len(generators):
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-            raise DipgoError(f"sample_fn must return images (N, C, H, W) with N = number of generators "
-                             f"({len(generators)}), got {shape}")
+            raise DipgoError(f"sample_fn must return images (N, C, H, W) or videos (N, F, C, H, W) with N = number "
+                             f"of generators ({len(generators)}), got {shape}")
         return images
 
 

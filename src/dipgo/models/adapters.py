@@ -159,23 +159,36 @@ def unet_fine_graph(model: torch.nn.Module) -> BlockGraph:
 # MMDiT-style joint blocks. Each output is cached as the residual of the input of the same name.
 JOINT_BLOCKS = {"JointTransformerBlock", "FluxTransformerBlock", "FluxSingleTransformerBlock"}
 JOINT_MODE = "residual:encoder_hidden_states,hidden_states"
+# Joint blocks that return their two streams the other way round: (hidden_states, encoder_hidden_states).
+HIDDEN_FIRST_BLOCKS = {"CogVideoXBlock", "HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock",
+                       "HunyuanVideoTokenReplaceTransformerBlock", "HunyuanVideoTokenReplaceSingleTransformerBlock"}
+HIDDEN_FIRST_MODE = "residual:hidden_states,encoder_hidden_states"
 
 
 def _residual_mode(block: torch.nn.Module) -> str:
-    return JOINT_MODE if type(block).__name__ in JOINT_BLOCKS else "residual"
+    name = type(block).__name__
+    if name in JOINT_BLOCKS:
+        return JOINT_MODE
+    return HIDDEN_FIRST_MODE if name in HIDDEN_FIRST_BLOCKS else "residual"
 
 
 def transformer_graph(model: torch.nn.Module, granularity: str, lists: tuple[str, ...] = ("transformer_blocks",)
                       ) -> BlockGraph:
-    """One gate per transformer block (DiT, PixArt, SD3, Flux...), residual caching, no cascade."""
+    """One gate per transformer block (DiT, PixArt, SD3, Flux, CogVideoX...), residual caching, no cascade."""
     modes = {f"{attr}.{i}": _residual_mode(b) for attr in lists for i, b in enumerate(getattr(model, attr))}
     return BlockGraph(list(modes), modes=modes, always_needed=set(modes))
 
 
-@register_adapter("FluxTransformer2DModel")
+@register_adapter("FluxTransformer2DModel", "HunyuanVideoTransformer3DModel")
 def flux_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
-    """Flux: the dual-stream blocks, then the single-stream blocks, all joint-residual."""
+    """Flux and HunyuanVideo: the dual-stream blocks, then the single-stream blocks, all joint-residual."""
     return transformer_graph(model, granularity, ("transformer_blocks", "single_transformer_blocks"))
+
+
+@register_adapter("WanTransformer3DModel")
+def wan_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
+    """Wan: its blocks live in ``blocks``; each returns its hidden state (plain residual)."""
+    return transformer_graph(model, granularity, ("blocks",))
 
 
 def block_graph(model: torch.nn.Module, granularity: str = "coarse", names: list[str] | None = None,

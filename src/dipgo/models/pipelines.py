@@ -189,12 +189,24 @@ def call_kwargs(pipe, calibration: Calibration, conditions: Sequence[int], gener
     return kw
 
 
+def pipeline_images(result):
+    """What a pipeline's output holds: ``.images``, or ``.frames`` for text-to-video pipelines (Wan, CogVideoX)."""
+    for attr in ("images", "frames"):
+        value = getattr(result, attr, None)
+        if value is not None:
+            return value
+    raise DipgoError(f"{type(result).__name__} has neither .images nor .frames; dipgo cannot read this output")
+
+
 def as_images(images) -> torch.Tensor:
-    """A pipeline's ``.images`` (tensor, numpy HWC or PIL list) as float (N, C, H, W) in [0, 1]."""
+    """A pipeline's ``.images`` (tensor, numpy HWC or PIL list) as float (N, C, H, W) in [0, 1]; its
+    ``.frames`` (videos: tensor, numpy (N, F, H, W, C) or lists of PIL frames) as (N, F, C, H, W)."""
     if torch.is_tensor(images):
         return images.float().cpu()
     if isinstance(images, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(images)).float().permute(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(images)).float().movedim(-1, -3)
+    if len(images) and isinstance(images[0], (list, tuple)):  # videos as lists of PIL frames
+        return torch.stack([as_images(frames) for frames in images])
     arrays = [np.asarray(im, dtype=np.float32) / 255.0 for im in images]
     arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
@@ -204,7 +216,8 @@ def as_images(images) -> torch.Tensor:
 def generate(pipe, calibration: Calibration, conditions: Sequence[int], seed: int = 0,
              num_inference_steps: int = 50, guidance_scale: float | None = None, batch_size: int = 16,
              progress: bool = False, desc: str = "sampling", **extra) -> torch.Tensor:
-    """Generate one image per condition index; returns float images (N, C, H, W) in [0, 1]."""
+    """Generate one image per condition index; returns float images (N, C, H, W) in [0, 1] (videos:
+    (N, F, C, H, W))."""
     out = []
     if "output_type" in inspect.signature(pipe.__call__).parameters:
         extra.setdefault("output_type", "pt")  # pipelines without a "pt" path (DDPM) return numpy: as_images
@@ -212,7 +225,7 @@ def generate(pipe, calibration: Calibration, conditions: Sequence[int], seed: in
         chunk = list(conditions[start:start + batch_size])
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         result = pipe(**call_kwargs(pipe, calibration, chunk, gens, num_inference_steps, guidance_scale, **extra))
-        out.append(as_images(result.images))
+        out.append(as_images(pipeline_images(result)))
     return torch.cat(out)
 
 
