@@ -150,3 +150,24 @@ def test_a_forecast_schedule_runs_a_pipeline_and_comes_off_cleanly(pipe_name, re
     registries = [m._diffusers_hook for m in denoiser.modules() if hasattr(m, "_diffusers_hook")]
     assert not any(name.startswith("dipgo") for r in registries for name in r.hooks)
     assert "set_timesteps" not in vars(pipe.scheduler) and not dipgo.is_applied(pipe)
+
+
+def test_a_forecasting_schedule_is_version_2_and_an_older_reader_refuses_it_by_version(tmp_path):
+    from dipgo.cache import schedule as sched
+
+    assert _schedule([["a", "b"], []], 0).to_dict()["version"] == 1
+    path = _schedule([["a", "b"], []], 1).save(tmp_path / "f.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == 2
+    assert Schedule.load(path).forecast_order == 1
+    old_reader = (sched.SCHEMA_VERSION,)  # what a dipgo without forecasting reads
+    try:
+        sched.READ_VERSIONS, saved = old_reader, sched.READ_VERSIONS
+        with pytest.raises(ScheduleError, match="version 2 is not supported .*upgrade dipgo"):
+            Schedule.load(path)
+    finally:
+        sched.READ_VERSIONS = saved
+    data["version"] = 1  # a version-1 file cannot hold a forecast
+    path.write_text(json.dumps(data))
+    with pytest.raises(ScheduleError, match="version-1 schedule has forecast_order=1"):
+        Schedule.load(path)

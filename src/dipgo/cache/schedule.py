@@ -26,6 +26,10 @@ from ..fileio import atomic_path
 from ..models.identity import config_hash
 
 SCHEMA_VERSION = 1
+# Version 2 marks a schedule whose reused blocks are forecast, so that a dipgo without forecasting refuses it by
+# its version rather than by a field it does not know. Schedules without a forecast stay version 1.
+FORECAST_VERSION = 2
+READ_VERSIONS = (SCHEMA_VERSION, FORECAST_VERSION)
 FORECAST_ORDERS = (0, 1, 2)
 # Fields added after the first version-1 files were written: a file without one means its default.
 LATER_FIELDS = ("forecast_order",)
@@ -292,15 +296,20 @@ class Schedule:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("_cached_sets", None)
+        d["version"] = FORECAST_VERSION if self.forecast_order else SCHEMA_VERSION
         return {"format": "dipgo-schedule", **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> Schedule:
         if not isinstance(d, dict) or d.get("format") != "dipgo-schedule":
             raise ScheduleError("not a dipgo schedule (missing \"format\": \"dipgo-schedule\")")
-        if d.get("version") != SCHEMA_VERSION:
-            raise ScheduleError(f"schedule format version {d.get('version')} is not supported "
-                                f"(this dipgo reads version {SCHEMA_VERSION}); re-run 'dipgo prune'")
+        version = d.get("version")
+        if version not in READ_VERSIONS:
+            raise ScheduleError(f"schedule format version {version!r} is not supported (this dipgo reads versions "
+                                f"{', '.join(map(str, READ_VERSIONS))}); upgrade dipgo, or re-run 'dipgo prune'")
+        if version == SCHEMA_VERSION and d.get("forecast_order", 0) not in (0, None):
+            raise ScheduleError(f"a version-1 schedule has forecast_order={d.get('forecast_order')!r}, which version "
+                                f"{FORECAST_VERSION} files hold; re-run 'dipgo prune'")
         fields = {k: v for k, v in d.items() if k != "format"}
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(fields) - set(LATER_FIELDS))
