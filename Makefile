@@ -47,6 +47,7 @@ bench-forecast: $(STAMP)
 bench-wall: $(STAMP)
 	$(PY) -m benchmarks.wall_clock --repeats 9
 	$(PY) -m benchmarks.wall_clock --repeats 9 --malloc system
+	$(PY) -m benchmarks.wall_clock --repeats 9 --compile
 
 bench-quick: $(STAMP)
 	$(DIPGO) bench --quick --out $(OUT)/bench-quick

@@ -257,6 +257,8 @@ def wall_section(results: Path) -> list[str]:
     rows = []
     for run in data["runs"]:
         malloc = "thresholds raised (CLI default)" if run.get("malloc") else "glibc defaults"
+        if run.get("compile"):
+            malloc += f", blocks compiled ({run['compile']})"
         for key, label in (("dipgo", f"dipgo ({run['schedule']})"), ("steps", f"{run['fewer_steps']} steps")):
             rows.append([malloc, run["model"], label, str(run["repeats"]), f"{run['macs_speedup'][key]:.2f}x",
                          f"{run['wall_speedup'][key]:.2f}x", f"{run['wall_over_macs'][key]:.3f}",

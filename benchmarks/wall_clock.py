@@ -8,6 +8,7 @@ reports wall speedup / MACs speedup per method. Run it alone on the machine.
     python -m benchmarks.wall_clock                  # glibc thresholds raised, as the CLI does
     python -m benchmarks.wall_clock --malloc system  # the C library's defaults, for comparison
     python -m benchmarks.wall_clock --macs-only      # add whole-generation MACs to the report (no timing)
+    python -m benchmarks.wall_clock --compile        # every method with its gated blocks torch.compile'd
     python -m benchmarks.wall_clock --report         # rewrite wall.md from wall.json
 
 The wall clock covers the whole generation while a schedule's MACs count the denoiser only, so the report
@@ -22,6 +23,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,9 +36,10 @@ METHODS = ("full", "dipgo", "steps")
 
 class Generations:
     """Whole generations of one model: the full model, its committed schedule, and fewer steps at the
-    schedule's MACs; each timed call also records the time spent inside denoiser calls and page faults."""
+    schedule's MACs; each timed call also records the time spent inside denoiser calls and page faults.
+    With ``compile`` (a torch.compile backend), the schedule's gated blocks are compiled for all three."""
 
-    def __init__(self, model: str, batch: int):
+    def __init__(self, model: str, batch: int, compile: str | Callable | None = None):
         import dipgo
         from dipgo.evaluate.baselines import AppliedSchedule
 
@@ -50,6 +53,20 @@ class Generations:
         self.inside = {"s": 0.0, "t0": 0.0}  # time spent inside denoiser calls (dipgo's hooks included)
         self.denoiser_s: dict[str, list[float]] = {m: [] for m in METHODS}
         self.faults: dict[str, list[int]] = {m: [] for m in METHODS}
+        if compile is not None:
+            self.compile_blocks(compile)
+
+    def compile_blocks(self, backend: str | Callable) -> None:
+        """Compile each gated block's forward in place of its own, before any schedule is applied: the full
+        model and fewer steps run the compiled blocks, and dipgo's hooks, when applied, wrap them (the same
+        compiled code ``dipgo.compile_blocks`` would make, shared by all three)."""
+        import torch
+
+        from dipgo.models.adapters import resolve_blocks
+        from dipgo.models.pipelines import denoiser_of
+
+        for block in resolve_blocks(denoiser_of(self.m.pipe), self.schedule.blocks).values():
+            block.forward = torch.compile(block.forward, backend=backend)
 
     def generate(self, n_steps: int) -> None:
         from dipgo.models.pipelines import generate
@@ -84,8 +101,8 @@ class Generations:
         denoiser.register_forward_hook(leave)
 
 
-def measure(model: str, batch: int, repeats: int) -> dict:
-    g = Generations(model, batch)
+def measure(model: str, batch: int, repeats: int, compile: str | None = None) -> dict:
+    g = Generations(model, batch, compile)
     g.hook_denoiser()
     around = [None, lambda: h.enabled(g.applied), None]
     times = dict(zip(METHODS, h.alternate([g.call(m) for m in METHODS], repeats, around=around), strict=True))
@@ -94,7 +111,7 @@ def measure(model: str, batch: int, repeats: int) -> dict:
     med = {m: statistics.median(v) for m, v in times.items()}
     med_d = {m: statistics.median(v) for m, v in denoiser_s.items()}
     out = {"model": model, "schedule": SCHEDULES[model].name, "steps": g.steps, "fewer_steps": g.k, "batch": batch,
-           "repeats": repeats, "times_s": times, "denoiser_s": denoiser_s, "minor_faults": faults,
+           "repeats": repeats, "compile": compile, "times_s": times, "denoiser_s": denoiser_s, "minor_faults": faults,
            "ms_per_image": {m: 1000 * v / batch for m, v in med.items()},
            "macs_speedup": {"dipgo": g.macs_speedup, "steps": g.steps / g.k}}
     fast = ("dipgo", "steps")
@@ -160,6 +177,8 @@ HEAD = ("malloc", "model", "method", "MACs speedup", "wall speedup", "wall / MAC
 def rows(r: dict) -> list[list[str]]:
     """The table rows of one run: the full model, then the schedule and fewer steps against it."""
     mode = "glibc defaults" if r["malloc"] is None else "thresholds raised (CLI default)"
+    if r.get("compile"):
+        mode += f", blocks compiled ({r['compile']})"
     gm = r.get("generation_macs")
     share = f"; {1 - gm['full']['denoiser'] / gm['full']['total']:.1%} of its MACs" if gm else ""
     faults = {m: f"{statistics.median(r['minor_faults'][m]):,.0f}" for m in METHODS}
@@ -188,6 +207,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(h.RESULTS / "bench" / "wall.json"))
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the gated blocks of every method (backend: inductor unless given)")
     p.add_argument("--macs-only", action="store_true",
                    help="only add whole-generation MACs to the existing report (no timing)")
     h.add_report(p, "the Markdown page")
@@ -201,11 +222,12 @@ def main() -> None:
     h.set_threads(min(2, os.cpu_count() or 1))
     runs = (h.read_json(out) or {"runs": []})["runs"]
     for model in args.models:
-        r = dict(measure(model, args.batch, args.repeats), malloc=settings)
+        r = dict(measure(model, args.batch, args.repeats, args.compile), malloc=settings)
         print(json.dumps({k: r[k] for k in ("model", "wall_over_macs", "denoiser_over_macs", "ms_per_image")}),
               flush=True)
-        runs = [x for x in runs if (x["model"], x["malloc"] is None) != (model, settings is None)] + [r]
-    runs.sort(key=lambda x: (x["malloc"] is not None, x["model"]))
+        key = (model, settings is None, args.compile)
+        runs = [x for x in runs if (x["model"], x["malloc"] is None, x.get("compile")) != key] + [r]
+    runs.sort(key=lambda x: (x["malloc"] is not None, x.get("compile") or "", x["model"]))
     h.write_json(out, {"machine": h.machine(), "runs": runs})
     add_generation_macs(out)  # after the timing: counting MACs is slow, and nothing is timed meanwhile
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)

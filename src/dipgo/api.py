@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from .cache.apply import apply, generation, is_applied, remove, summary
+from .cache.compile import compile_blocks, refuse_compiled
 from .cache.pipeline import PruneConfig, prune_schedules
 from .cache.schedule import Schedule
 from .errors import DipgoError
 from .models.pipelines import default_calibration
 
-__all__ = ["apply", "remove", "is_applied", "summary", "prune", "PruneConfig", "generation"]
+__all__ = ["apply", "remove", "is_applied", "summary", "prune", "PruneConfig", "generation", "compile_blocks"]
 
 
 def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int = 50, *,
@@ -52,6 +53,7 @@ def prune(target, ratio: float | Sequence[float] = 0.8, num_inference_steps: int
     :class:`~dipgo.cache.pipeline.PruneConfig`) replaces ``ratio``, ``num_inference_steps``,
     ``guidance_scale``, ``effort`` and the search settings given as further keywords.
     """
+    refuse_compiled(target, "dipgo.prune", denoiser)
     if config is None:
         config = _config(ratio, num_inference_steps, guidance_scale, effort, search_kwargs)
     elif search_kwargs:

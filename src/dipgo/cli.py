@@ -515,6 +515,7 @@ def _show_and_sample_parsers(sub) -> None:
     sample.add_argument("--batch", type=types.BATCH, default=16)
     sample.add_argument("--out", default="grid.png")
     _calibration_args(sample)
+    _device_args(sample)
     sample.set_defaults(fn=cmd_sample)
 
 

@@ -11,6 +11,7 @@ import torch
 from ..errors import DipgoError
 from ..models.adapters import resolve_blocks
 from ..models.pipelines import denoiser_of
+from .compile import refuse_compiled
 from .hooks import RunState, apply_schedule, attachment_of
 from .runtime import detach
 from .schedule import Schedule
@@ -33,6 +34,7 @@ def apply(pipe, schedule: Schedule | str | Path, num_inference_steps: int | None
     """
     if not isinstance(schedule, Schedule):
         schedule = Schedule.load(schedule)
+    refuse_compiled(pipe, "dipgo.apply")
     denoiser = denoiser_of(pipe)
     scheduler = None if isinstance(pipe, torch.nn.Module) else pipe.scheduler
     schedule.check(denoiser, scheduler)
