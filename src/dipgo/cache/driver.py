@@ -28,6 +28,7 @@ import torch
 from ..errors import DipgoError
 from ..models.calibration import Calibration
 from ..models.pipelines import call_kwargs, capture_denoiser_call, default_calibration, denoiser_of
+from .hooks.start import require_whole_generation
 
 
 class _Finished(Exception):
@@ -185,6 +186,8 @@ def trace(sampler, seed: int = 0) -> Trace:
     if seen["n"] == 0:
         raise DipgoError("the sampling function never called the denoiser; it must call the module given as "
                          "denoiser= once per denoising step")
+    if isinstance(sampler, PipelineSampler):
+        require_whole_generation(sampler.pipe, sampler.scheduler, denoiser.forward, seen["args"], seen["kwargs"])
     first = seen["args"][0] if seen["args"] else next(
         (v for v in seen["kwargs"].values() if torch.is_tensor(v)), None)
     factor = int(first.shape[0]) if torch.is_tensor(first) and first.dim() > 0 else 1

@@ -4,7 +4,8 @@ diffusers' pipelines expose no step counter, so the denoiser's own calls are cou
 when something flags it (``scheduler.set_timesteps``, the search before each sampling run,
 ``dipgo.generation()``), or, for a static schedule on a bare module, after the schedule's last call. None of
 these rules looks at timesteps, so loops whose time falls (DDPM/DDIM) and loops whose time rises (flow
-matching from 0 to 1) are counted alike.
+matching from 0 to 1) are counted alike. Only where a pipeline's generation enters a static schedule is read
+from its scheduler (``start``: image-to-image and inpainting begin part-way, see :mod:`.start`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from diffusers.hooks import ModelHook
 
 from ..schedule import ScheduleError
+from .start import GenerationStart
 from .state import RunState
 
 
@@ -22,24 +24,29 @@ class CallCounterHook(ModelHook):
         num_calls: the calls a generation has at most (a static schedule's), or ``None`` for no limit.
         wraps: whether the call after the ``num_calls``-th starts the next generation (a bare module, whose
             loop nothing else marks) instead of raising (a pipeline, whose ``set_timesteps`` marks each one).
+        start: where a pipeline's generation enters the schedule (its first call may be the schedule's k-th);
+            ``None`` numbers every generation from call 0.
     """
 
     _is_stateful = True
 
-    def __init__(self, state: RunState, num_calls: int | None = None, wraps: bool = False):
+    def __init__(self, state: RunState, num_calls: int | None = None, wraps: bool = False,
+                 start: GenerationStart | None = None):
         super().__init__()
-        self.state, self.num_calls, self.wraps = state, num_calls, wraps
+        self.state, self.num_calls, self.wraps, self.start = state, num_calls, wraps, start
 
     def new_forward(self, module, *args, **kwargs):
-        self.advance()
+        self.advance(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
 
-    def advance(self) -> None:
+    def advance(self, args: tuple = (), kwargs: dict | None = None) -> None:
         s = self.state
         full = self.num_calls is not None and s.call + 1 >= self.num_calls
         if s.new_generation or (full and self.wraps and not s.in_generation):
             s.reset()
         s.call += 1
+        if self.start is not None:
+            s.call = self.start.locate(s.call, self.fn_ref.original_forward, args, kwargs or {})
         if self.num_calls is not None and s.call >= self.num_calls:
             raise ScheduleError(self._too_many())
 

@@ -49,7 +49,8 @@ class SetTimestepsPatch:
             raise ScheduleError(
                 f"the schedule was made for num_inference_steps={want}, but the pipeline asks for "
                 f"{num_inference_steps}; call the pipeline with num_inference_steps={want} or prune again "
-                "for this step count")
+                "for this step count (image-to-image and inpainting count all the steps: their strength runs "
+                f"the last strength x {want} of a {want}-step schedule)")
 
     def remove(self) -> None:
         if self._original is None:

@@ -13,6 +13,7 @@ from .attachment import Attachment, install
 from .block import BlockHook
 from .counter import CallCounterHook
 from .scheduler_patch import SetTimestepsPatch
+from .start import GenerationStart
 from .state import RunState
 
 WHOLE_CALL_HOOK = "dipgo_whole_call"
@@ -47,9 +48,10 @@ class ScheduleHook(BlockHook):
     """Reuse the cache where the schedule skips the block; otherwise compute it, caching only what is read."""
 
     def __init__(self, name: str, index: int, state: RunState, schedule: Schedule, mode: str = "output",
-                 branches: int = 1):
+                 branches: int = 1, start: GenerationStart | None = None):
         super().__init__(name, index, state, mode)
         self.schedule, self.branches, self.order = schedule, branches, schedule.forecast_order
+        self.start = start
 
     def computes(self, call: int) -> bool:
         return self.schedule.computes(call, self.name)
@@ -57,9 +59,13 @@ class ScheduleHook(BlockHook):
     def _read_later(self, call: int) -> bool:
         """Whether the schedule reads this block's cache after ``call``: only when the next call of the
         same branch reuses the block (a reuse further on is preceded by that call's own refresh). A
-        forecast reads older values too, so with one every computed value is kept."""
-        nxt = call + self.branches
-        return self.order > 0 or (nxt < self.schedule.num_calls and not self.schedule.computes(nxt, self.name))
+        forecast reads older values too, so with one every computed value is kept. A generation's entry that
+        its next call may still move one call on (``GenerationStart``) keeps what either next call reuses."""
+        shifts = (0, 1) if self.start is not None and self.start.unsure(call) else (0,)
+        return self.order > 0 or any(self._reused_at(call + self.branches + d) for d in shifts)
+
+    def _reused_at(self, call: int) -> bool:
+        return call < self.schedule.num_calls and not self.schedule.computes(call, self.name)
 
     def after_compute(self, key, call: int, out, args, kwargs) -> None:
         if self._read_later(call):
@@ -94,17 +100,20 @@ def apply_schedule(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module]
     """Hook ``blocks`` of ``denoiser`` to follow ``schedule``; ``modes`` maps a block to its cache mode.
 
     With a pipeline's ``scheduler``, its ``set_timesteps`` starts each generation and refuses another step
-    count, and more calls than the schedule has raise. Without one (a bare module in a custom loop), the call
-    after the schedule's last starts the next generation; ``dipgo.generation()`` marks one explicitly."""
+    count, more calls than the schedule has raise, and a generation that starts part-way (image-to-image,
+    inpainting) enters the schedule at its first timestep's call (:mod:`.start`). Without one (a bare module in
+    a custom loop), the call after the schedule's last starts the next generation; ``dipgo.generation()``
+    marks one explicitly."""
     config = ScheduleConfig(schedule, branches)
     state = RunState()
-    counter = CallCounterHook(state, schedule.num_calls, wraps=scheduler is None)
+    start = None if scheduler is None else GenerationStart(scheduler, schedule.num_calls, schedule.num_inference_steps)
+    counter = CallCounterHook(state, schedule.num_calls, wraps=scheduler is None, start=start)
     inner = {}
     if schedule.output_block is not None and schedule.forecast_order == 0:  # a forecast changes every call
         inner[WHOLE_CALL_HOOK] = WholeCallHook(state, schedule, len(blocks), config.branches)
 
     def block_hook(name: str, index: int) -> ScheduleHook:
-        return ScheduleHook(name, index, state, schedule, modes.get(name, "output"), config.branches)
+        return ScheduleHook(name, index, state, schedule, modes.get(name, "output"), config.branches, start)
 
     patch = None if scheduler is None else SetTimestepsPatch(scheduler, state, schedule.num_inference_steps)
     return install(denoiser, blocks, state, counter, block_hook, inner, schedule=schedule, scheduler=scheduler,
