@@ -240,6 +240,9 @@ def _rebuild(pipe, config: SearchConfig, blocks: list[str]) -> tuple[BlockGraph,
 
 
 def consistency(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
+    """The search's image loss, in float32 for a half-precision model's images too (in bfloat16, 1 - SSIM
+    near 0.01 would move in steps of 0.004)."""
+    a, b = a.float(), b.float()
     if kind == "ssim":
         return (1 - ssim(a, b)).mean()
     if kind == "l1":
