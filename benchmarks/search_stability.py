@@ -67,12 +67,13 @@ def markdown(report: dict) -> list[str]:
              f"Pipeline: {report.get('pipeline', 'earlier version')}. The search's seconds were timed while other "
              "work shared the machine.", ""]
     rows = report["rows"]
-    lines += h.table(["model", "base", "budget", "seed", "search alone", "evenly spread", "full pipeline (start)",
-                    "simple starts only (start)", "search s"],
+    lines += h.table(["model", "base", "budget", "seed", "search alone", "evenly spread", "full pipeline (start; MACs)",
+                    "simple starts only (start; MACs)", "search s"],
                    ([r["model"], f"DDIM-{r['base']}", f"{r['budget']:g}x ({r['search_speedup']:.2f}x)", r["seed"],
                      f"{r['search_alone']:.2f}", f"{r['evenly_spread']:.2f}",
-                     f"{r['full_pipeline']:.2f} ({r['full_pipeline_start']})",
-                     f"{r['simple_only']:.2f} ({r['simple_only_start']})", r["search_seconds"]] for r in rows))
+                     f"{r['full_pipeline']:.2f} ({r['full_pipeline_start']}; {r['full_pipeline_speedup']:.2f}x)",
+                     f"{r['simple_only']:.2f} ({r['simple_only_start']}; {r['simple_only_speedup']:.2f}x)",
+                     r["search_seconds"]] for r in rows))
     lines += ["", "## Per model and budget", ""]
     groups: dict = {}
     for r in rows:
