@@ -4,7 +4,6 @@ start it measured, and its starts include DeepCache/FORA-style spacing."""
 from __future__ import annotations
 
 import functools
-import random
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from families import tiny_dit, tiny_sd
 
 from dipgo.cache.apply import apply, remove
 from dipgo.cache.postprocess import pruned_ratio
-from dipgo.cache.refine import RefineConfig, _draw, _pick, interval_mask, refine
+from dipgo.cache.refine import RefineConfig, interval_mask, refine
 from dipgo.cache.search import Search, SearchConfig
 from dipgo.errors import DipgoError
 from dipgo.models.pipelines import default_calibration, generate
@@ -34,22 +33,6 @@ def test_interval_mask_is_deepcache_spacing():
 def test_interval_mask_warm_up_is_taylorseer_spacing():
     m = interval_mask(12, 2, 4, warmup=3)
     assert m[:, 0].nonzero().flatten().tolist() == [0, 1, 2, 3, 7, 11]
-
-
-def test_the_search_scores_guide_which_gates_are_tried_first():
-    guide = torch.zeros(5, 4)
-    guide[3, 2], guide[1, 0] = -1.0, 5.0  # rows are calls; _draw's pairs index from call 1
-    gates = [(i, j) for i in range(4) for j in range(4)]
-    for seed in range(5):
-        rng = random.Random(seed)
-        low, high = _draw(gates, 3, rng, guide, low=True), _draw(gates, 3, rng, guide, low=False)
-        assert low[0] == (2, 2) and high[0] == (0, 0) and len(set(low)) == len(set(high)) == 3
-        assert sorted(_draw(gates, 16, rng, guide, low=True)) == gates  # every gate once, whatever the guide
-    unguided = {tuple(_draw(gates, 3, random.Random(s), None, low=True)) for s in range(20)}
-    assert len(unguided) > 10 and all(g in gates for d in unguided for g in d)
-    # the climb's swaps: half random, half the best of four by the scores
-    picks = [_pick(gates, random.Random(s), guide[1:], low=False) for s in range(400)]
-    assert picks.count((0, 0)) > 400 * (0.5 * (1 - (15 / 16) ** 4) + 0.5 / 16) * 0.8
 
 
 @pytest.mark.parametrize("family", ["dit", "sd"])

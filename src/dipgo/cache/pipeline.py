@@ -10,7 +10,7 @@ loops) and ``dipgo bench`` all run :func:`prune_schedules`, with the same stages
    brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`), with reused
    blocks taken as they are (forecast order 0) and extrapolated from their last values (orders 1 and 2).
 3. **refine**: a local search from the best (start, order) pair (:mod:`dipgo.cache.refine`) spends what is left of
-   the held-out budget; the search's keep scores say which gates it tries first.
+   the held-out budget.
 4. **compare**: fewer steps at the same MACs on the same held-out images (on a custom loop, the evenly
    spread schedule of the same MACs), so the user sees what the schedule beats.
 

@@ -9,9 +9,7 @@ the slack it leaves (greedily adds the gate that helps most), then
 climbs: it proposes moves (a call's computed blocks shifted to the next or previous call; one computed and
 one reused (call, block) pair swapped, mostly between neighbouring calls) and keeps a move when the
 held-out PSNR against the full model rises. Shifts are swept exhaustively first (best improvement,
-until none helps), then random moves spend what is left. Where a choice is random (the gates a repair
-tries, the swaps a climb proposes), half of it follows the search's keep scores: the gates the search
-found least needed are dropped first, the most needed added first.
+until none helps), then random moves spend what is left.
 
 Everything is measured on ``n`` held-out generations (seeds from :data:`HELD_OUT_SEED`, never the
 seeds benchmarks evaluate on), so the gain it reports is a held-out gain; the benchmark's own seeds then
@@ -109,29 +107,15 @@ def _cascade(keep: torch.Tensor, graph) -> torch.Tensor:
     return effective_keep(keep, graph)
 
 
-def _draw(gates: list[tuple[int, int]], k: int, rng: random.Random, guide: torch.Tensor | None,
-          low: bool) -> list[tuple[int, int]]:
-    """``k`` of ``gates`` (pairs (call - 1, block)): at random, or with the search's keep scores as a guide, the
-    half with the lowest (``low``) or highest scores first and the rest at random (so a misleading score
-    costs only half the candidates)."""
-    k = min(k, len(gates))
-    if guide is None:
-        return rng.sample(gates, k)
-    ranked = sorted(gates, key=lambda g: (float(guide[g[0] + 1, g[1]]) * (1 if low else -1), rng.random()))
-    head = ranked[:(k + 1) // 2]
-    rest = [g for g in gates if g not in head]
-    return head + rng.sample(rest, k - len(head))
-
-
 def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig, result,
-            rng: random.Random, guide: torch.Tensor | None = None) -> torch.Tensor:
+            rng: random.Random) -> torch.Tensor:
     """Drop computed gates (call >= 1) until the pruned share reaches ``ratio - tol``; each time the one
-    (of ``repair_candidates`` drawn, see :func:`_draw`) whose loss costs the least held-out PSNR."""
+    (of ``repair_candidates`` drawn) whose loss costs the least held-out PSNR."""
     while pruned_ratio(mask, result.profile) < ratio - cfg.tol:
         on = [(i, j) for i, j in (mask[1:] > 0.5).nonzero().tolist()]
         if not on:
             raise DipgoError(f"cannot reach ratio {ratio}: nothing left to skip")
-        cands = _draw(on, cfg.repair_candidates, rng, guide, low=True)
+        cands = rng.sample(on, min(cfg.repair_candidates, len(on)))
         if score.left < len(cands):  # out of evaluations: drop one of them unmeasured
             i, j = cands[0]
             keep = mask.clone()
@@ -151,13 +135,13 @@ def _repair(mask: torch.Tensor, ratio: float, score: Callable, cfg: RefineConfig
 
 
 def _grow(mask: torch.Tensor, value: float, ratio: float, score: Callable, cfg: RefineConfig, result,
-          rng: random.Random, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-    """Spend the slack a start leaves under the budget: add the reused gate (of ``repair_candidates`` drawn,
-    see :func:`_draw`) that helps the held-out images most, while one more still fits and helps."""
+          rng: random.Random) -> tuple[torch.Tensor, float]:
+    """Spend the slack a start leaves under the budget: add the reused gate (of ``repair_candidates`` drawn)
+    that helps the held-out images most, while one more still fits and helps."""
     while score.left >= cfg.repair_candidates:
         off = [(i, j) for i, j in (mask[1:] < 0.5).nonzero().tolist()]
         trials = []
-        for i, j in _draw(off, cfg.repair_candidates, rng, guide, low=False):
+        for i, j in rng.sample(off, min(cfg.repair_candidates, len(off))):
             keep = mask.clone()
             keep[i + 1, j] = 1
             trial = _cascade(keep, result.graph)
@@ -179,19 +163,8 @@ def _shift_call(mask: torch.Tensor, i: int, k: int) -> torch.Tensor:
     return keep
 
 
-def _pick(gates: list[tuple[int, int]], rng: random.Random, guide: torch.Tensor | None, low: bool) -> tuple[int, int]:
-    """One of ``gates`` (pairs (call, block)): at random, or half the time the best of four drawn by the search's
-    keep score (lowest for a gate to drop, highest for one to add)."""
-    if guide is None or rng.random() < 0.5:
-        return rng.choice(gates)
-    drawn = [rng.choice(gates) for _ in range(4)]
-    return min(drawn, key=lambda g: float(guide[g]) * (1 if low else -1))
-
-
-def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random,
-             guide: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call; the
-    other swaps lean on the search's keep scores when ``guide`` is given (see :func:`_pick`)."""
+def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random) -> torch.Tensor | None:
+    """Swap one computed and one reused gate (never call 0): mostly the same block in a neighbouring call."""
     calls, blocks = mask.shape
     on = [(i, j) for i, j in (mask > 0.5).nonzero().tolist() if i > 0]
     off = [(i, j) for i, j in (mask < 0.5).nonzero().tolist()]
@@ -209,7 +182,7 @@ def _propose(mask: torch.Tensor, cfg: RefineConfig, rng: random.Random,
             return None
         a, b = rng.choice(near)
     else:
-        (i, j), (a, b) = _pick(on, rng, guide, low=True), _pick(off, rng, guide, low=False)
+        (i, j), (a, b) = rng.choice(on), rng.choice(off)
     keep = mask.clone()
     keep[i, j], keep[a, b] = 0.0, 1.0
     return keep
@@ -255,7 +228,7 @@ def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dic
 
 
 def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result, rng: random.Random, guide: torch.Tensor | None) -> dict[tuple[str, int], float]:
+                    result, rng: random.Random) -> dict[tuple[str, int], float]:
     """Repair every start to the budget (or spend its slack) at the first forecast order, then measure its
     held-out PSNR at every order: one value per (start, order); updates ``starts``."""
     values: dict[tuple[str, int], float] = {}
@@ -263,9 +236,9 @@ def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: 
     for name, mask in list(starts.items()):
         score.order = first
         if not fits(mask):
-            mask = _repair(mask, ratio, score, cfg, result, rng, guide)
+            mask = _repair(mask, ratio, score, cfg, result, rng)
         value = score(mask)
-        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng, guide)
+        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng)
         for order in others:
             score.order = order
             values[name, order] = score(starts[name])
@@ -305,12 +278,12 @@ def _sweep(best: torch.Tensor, value: float, fits, score: Scorer, graph,
 
 
 def _climb(best: torch.Tensor, value: float, fits, score: Scorer, cfg: RefineConfig, graph, rng: random.Random,
-           history: list[float], guide: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+           history: list[float]) -> tuple[torch.Tensor, float]:
     """Random moves (:func:`_propose`), each kept when the held-out PSNR rises, until the budget is spent."""
     tries = 0
     while score.left > 0 and tries < 50 * max(1, cfg.evaluations):
         tries += 1
-        keep = _propose(best, cfg, rng, guide)
+        keep = _propose(best, cfg, rng)
         if keep is None:
             continue
         trial = _cascade(keep, graph)
@@ -329,9 +302,7 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
     """The best schedule found at pruned MACs share >= ``ratio - tol``, by held-out PSNR; see the module
     docstring. ``target`` is a pipeline (run with ``calibration`` and ``guidance_scale``) or a sampler of
     :mod:`dipgo.cache.driver`; ``result`` is a :class:`~dipgo.cache.search.SearchResult` of it.
-    The search's keep scores also guide which gates the repair, the growth and the climb try first.
-    ``simple_only`` leaves out everything the search learned, its schedule and its scores as a guide (to measure
-    what the search adds)."""
+    ``simple_only`` leaves the searched schedule out of the starts (to measure what the search adds)."""
     cfg = config or RefineConfig()
     if not 0.0 < ratio < 1.0:
         raise DipgoError(f"ratio must be in (0, 1), got {ratio}")
@@ -344,15 +315,14 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
     sampler = target if hasattr(target, "profile_call") else PipelineSampler(
         target, calibration, result.config.num_inference_steps, guidance_scale)
     score = scorer or Scorer(sampler, result, cfg.n, cfg.evaluations, progress)
-    guide = None if simple_only else result.scores.detach().float()
     try:
         starts = {} if simple_only else {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
         starts.update(_simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol))
-        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng, guide)
+        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng)
         (start, score.order) = max(values, key=lambda k: (values[k], k[0] == "search", -k[1]))
         history = [values[start, score.order]]
         best, value = _sweep(starts[start], history[0], fits, score, graph, history)
-        best, value = _climb(best, value, fits, score, cfg, graph, rng, history, guide)
+        best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
     finally:
         score.bar.close()
     labels = {start_label(*k): v for k, v in values.items()}
