@@ -136,3 +136,14 @@ clean:
 .PHONY: results
 results: $(STAMP)
 	$(PY) benchmarks/results_page.py
+
+# Mutation testing of the schedule format, its postprocessing and the runtime hooks (mutmut 3, installed here on
+# demand; files and tests in pyproject's [tool.mutmut]). Slow: about an hour on one core. MUTATION_JOBS=2 to go wider.
+# Figures: benchmarks/results/mutation/mutation.md.
+MUTATION_JOBS ?= 1
+.PHONY: mutation
+mutation: $(STAMP)
+	$(PY) -m pip install -q "mutmut==3.8.1"
+	rm -rf mutants
+	DIPGO_ZOO=$(CURDIR)/zoo OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS)
+	$(VENV)/bin/mutmut results
