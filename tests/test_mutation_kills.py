@@ -597,3 +597,12 @@ def test_forecast_reads_only_the_newest_points():
     assert forecast(dup, 4, 2).item() == 2.0
     out = _combine([1.0, -3.0, 3.0], [(torch.tensor(1.0),), (torch.tensor(4.0),), (torch.tensor(9.0),)])
     assert isinstance(out, tuple) and out[0].item() == pytest.approx(16.0)
+
+
+def test_attach_takes_the_schedules_branches_when_none_are_given():
+    model = Toy()
+    att = attach(model, _blocks(model), {}, schedule=_schedule([NAMES, NAMES, [], []], branches=2))
+    try:
+        assert att.config.branches == 2
+    finally:
+        detach(model)

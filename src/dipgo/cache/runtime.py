@@ -28,7 +28,7 @@ __all__ = ["attach", "detach", "Attachment", "Policy", "RunState", "parse_mode",
 
 
 def attach(denoiser: torch.nn.Module, blocks: dict[str, torch.nn.Module], modes: dict[str, str],
-           schedule: Schedule | None = None, branches: int = 1, scheduler=None,
+           schedule: Schedule | None = None, branches: int | None = None, scheduler=None,
            policy: Policy | None = None) -> Attachment:
     """Install the root hook and one block hook per block on ``denoiser``.
 
