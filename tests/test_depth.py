@@ -92,9 +92,26 @@ def test_progressive_prune_merges_saves_and_loads(make, tmp_path):
 
 
 def test_dit_merging_cuts_macs_and_one_shot_is_exact_linearisation():
+    """One shot (no training): the merged denoiser computes exactly what the same blocks, linearised and
+    calibrated on the same calls but left unmerged, compute; and that differs from the original."""
+    import copy
+
+    from dipgo.depth.supernet import calibrate, linearise, set_lam
+
     pipe = _dit()
-    res = prune_depth(pipe, 0.5, mode="abrupt", train_steps=0, **FAST)
+    scored = depth_scores(pipe, n_images=2, num_inference_steps=3, progress=False)
+    res = prune_depth(pipe, 0.5, mode="abrupt", train_steps=0, scored=scored, **FAST)
     assert res.macs < 0.8 * res.macs_full and res.params < res.params_full
+    _, _, calls, (args, kwargs) = scored
+    teacher = pipe.transformer
+    linear = copy.deepcopy(teacher).eval()
+    forms = linearise(linear, res.selection.names)
+    calibrate(linear, forms, calls.calls)
+    set_lam(forms, 1.0)
+    with torch.no_grad():
+        merged, unmerged, original = (m(*args, **kwargs).sample for m in (res.pipe.transformer, linear, teacher))
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-4)  # folding is exact up to float rounding
+    assert (unmerged - original).abs().max() > 1e-3  # the linearisation really changed the model
 
 
 def test_wrong_base_is_refused(tmp_path):
