@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from families import FAMILIES
@@ -14,7 +15,7 @@ from dipgo.cli import main
 from dipgo.errors import DipgoError
 from dipgo.layers import layer_scores, load_pruned, prune_layers, save_pruned
 from dipgo.layers.candidates import candidates, removed
-from dipgo.layers.criteria import additivity, handcrafted_order, spearman
+from dipgo.layers.criteria import additivity, handcrafted_order, output_loss, spearman
 from dipgo.models.calibration import Calibration
 from dipgo.models.costs import count_macs
 from dipgo.models.data import capture_calls, output_of
@@ -111,9 +112,20 @@ def test_criteria_and_additivity(sd):
         assert all(s >= 0 for s in scores.values())
     single = layer_scores(sd, "output", cal, n_images=2, num_inference_steps=4, guidance_scale=2.0,
                           progress=False, call_kwargs={"height": 16, "width": 16})[1]
+    some = sorted(single)[:3]  # the output criterion is the output loss of removing the layer alone
+    assert [single[n] for n in some] == pytest.approx([output_loss(sd.unet, calls, [n]) for n in some], rel=1e-5)
     add = additivity(sd.unet, calls, single, sets=6, seed=1)
     assert len(add.joint) == 6 and -1 <= add.spearman <= 1 and -1 <= add.pearson <= 1
+    rng, names = random.Random(1), list(single)  # the same draws: each joint loss is that set's, summed its parts'
+    for summed, joint, size in zip(add.summed, add.joint, add.sizes, strict=True):
+        chosen = rng.sample(names, rng.randint(2, max(2, len(names) // 2)))
+        assert size == len(chosen) and summed == pytest.approx(sum(single[n] for n in chosen))
+        assert joint == pytest.approx(output_loss(sd.unet, calls, chosen), rel=1e-5)
+    assert add.pearson == pytest.approx(float(np.corrcoef(add.summed, add.joint)[0, 1]))
+    ranks = [np.argsort(np.argsort(v)) for v in (add.summed, add.joint)]
+    assert add.spearman == pytest.approx(float(np.corrcoef(*ranks)[0, 1]))
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     order = handcrafted_order(candidates(sd.unet, _call(sd)))
     assert order[0].startswith("mid_block")
 
