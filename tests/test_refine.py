@@ -74,3 +74,15 @@ def test_refine_config_and_ratio_errors():
     pipe, result = _searched("dit")
     with pytest.raises(DipgoError, match="ratio must be in"):
         refine(pipe, result, 1.2, default_calibration(pipe), RefineConfig(evaluations=0, n=1), progress=False)
+
+
+def test_the_searched_start_does_not_change_how_the_simple_starts_are_measured():
+    """The simple starts are repaired and measured first, each with its own random draws, so adding the searched
+    start leaves their held-out values as they are: the pipeline can only gain from the search."""
+    pipe, result = _searched("dit")
+    cfg = RefineConfig(evaluations=30, n=2, repair_candidates=2)
+    cal = default_calibration(pipe)
+    both = refine(pipe, result, 0.6, cal, cfg, progress=False)
+    simple = refine(pipe, result, 0.6, cal, cfg, progress=False, simple_only=True)
+    assert "search" in both.starts and "search" not in simple.starts
+    assert {k: v for k, v in both.starts.items() if not k.startswith("search")} == simple.starts

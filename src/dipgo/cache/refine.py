@@ -228,12 +228,15 @@ def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dic
 
 
 def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result, rng: random.Random) -> dict[tuple[str, int], float]:
+                    result) -> dict[tuple[str, int], float]:
     """Repair every start to the budget (or spend its slack) at the first forecast order, then measure its
-    held-out PSNR at every order: one value per (start, order); updates ``starts``."""
+    held-out PSNR at every order: one value per (start, order); updates ``starts``. Each start draws from its
+    own random stream, in the order given, so a start measured last (the search's) cannot change how the ones
+    before it are repaired."""
     values: dict[tuple[str, int], float] = {}
     first, *others = cfg.orders
     for name, mask in list(starts.items()):
+        rng = random.Random(f"{cfg.seed}/{name}")
         score.order = first
         if not fits(mask):
             mask = _repair(mask, ratio, score, cfg, result, rng)
@@ -316,9 +319,10 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
         target, calibration, result.config.num_inference_steps, guidance_scale)
     score = scorer or Scorer(sampler, result, cfg.n, cfg.evaluations, progress)
     try:
-        starts = {} if simple_only else {"search": schedule_at_ratio(result, ratio, cfg.tol).mask()}
-        starts.update(_simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol))
-        values = _measure_starts(starts, fits, ratio, score, cfg, result, rng)
+        starts = _simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol)
+        if not simple_only:  # measured last: the simple starts come out the same with or without it
+            starts["search"] = schedule_at_ratio(result, ratio, cfg.tol).mask()
+        values = _measure_starts(starts, fits, ratio, score, cfg, result)
         (start, score.order) = max(values, key=lambda k: (values[k], k[0] == "search", -k[1]))
         history = [values[start, score.order]]
         best, value = _sweep(starts[start], history[0], fits, score, graph, history)
