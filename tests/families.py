@@ -118,21 +118,14 @@ def _clip_config(vocab_size: int, projection_dim: int = TEXT_DIM) -> CLIPTextCon
 
 def _t5_encoder(vocab_size: int) -> T5EncoderModel:
     """T5 uses relative positions, so any `max_sequence_length` works; dropout off for determinism."""
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=2 * TEXT_DIM,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        dropout_rate=0.0,
-        pad_token_id=1,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(config)
+    return T5EncoderModel(T5Config(**t5_sizes(vocab_size)))
+
+
+def t5_sizes(vocab_size: int) -> dict:
+    """The tiny T5-family encoder settings (T5, and Wan's UMT5)."""
+    return dict(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=2 * TEXT_DIM, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                pad_token_id=1, eos_token_id=1, decoder_start_token_id=0)
 
 
 def _vae(latent_channels: int = 4, **kwargs) -> AutoencoderKL:

@@ -29,7 +29,7 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from families import PIXELS, TEXT_DIM, _seeded, _t5_encoder, tiny_clip_tokenizer
+from families import PIXELS, TEXT_DIM, _seeded, _t5_encoder, t5_sizes, tiny_clip_tokenizer
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, UMT5Config, UMT5EncoderModel
 
 __all__ = ["CALL_KWARGS", "FRAMES", "SIZE", "VIDEO_FAMILIES", "tiny_cogvideox", "tiny_hunyuan_video", "tiny_wan"]
@@ -41,20 +41,7 @@ CLIP_LENGTH = 77  # HunyuanVideo's CLIP prompt length (fixed by the pipeline)
 
 def _umt5_encoder(vocab_size: int) -> UMT5EncoderModel:
     """Wan's text encoder family (UMT5: a relative-position bias per layer); dropout off for determinism."""
-    config = UMT5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=2 * TEXT_DIM,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        dropout_rate=0.0,
-        pad_token_id=1,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    config = UMT5Config(**t5_sizes(vocab_size))
     return UMT5EncoderModel(config)
 
 
