@@ -342,7 +342,7 @@ class RowReport:
 
     def __init__(self, path: str | Path, report: dict, settings: Sequence[str],
                  keep: Callable[[dict], bool] | None = None):
-        self.path, self.report = Path(path), report
+        self.path, self.report, self.settings, self.keep = Path(path), report, tuple(settings), keep
         report.setdefault("rows", [])
         old = read_json(self.path)
         if old and all(old.get(k) == report.get(k) for k in settings):
@@ -364,7 +364,19 @@ class RowReport:
         return rec
 
     def save(self) -> None:
-        write_json(self.path, self.report)
+        """Write the report, first taking in rows another process (the same command on other models, say)
+        saved to the same file meanwhile; a lock file keeps two saves from interleaving."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            disk = read_json(self.path)
+            if disk and all(disk.get(k) == self.report.get(k) for k in self.settings):
+                mine = {json.dumps(r, sort_keys=True) for r in self.rows}
+                self.rows.extend(r for r in disk["rows"] if json.dumps(r, sort_keys=True) not in mine
+                                 and (self.keep is None or self.keep(r)))
+            write_json(self.path, self.report)
 
 
 def row(cells: Iterable[object]) -> str:

@@ -27,8 +27,8 @@ from benchmarks import harness as h
 
 OUT = h.RESULTS / "search-stability"
 # What the pipeline's selection and refinement hold; rows measured with another version are not kept.
-PIPELINE = ("starts: evenly spread, every N, warm-up then every N, then the search's, each repaired with its own "
-            "random draws")
+PIPELINE = ("search: lr 0.03, no sparsity push within half a call of the budget; starts: evenly spread, every N, "
+            "warm-up then every N, then the search's, each repaired with its own random draws")
 
 
 def measure_row(m: h.Model, base: int, budget: float, seed: int, effort: str) -> dict:

@@ -87,6 +87,21 @@ def test_row_report_resumes_matching_settings(tmp_path):
     assert h.RowReport(path, {"n": 16, "rows": []}, ("n",)).rows == []  # other settings: start over
 
 
+def test_two_processes_adding_rows_to_one_report_keep_both(tmp_path):
+    path = tmp_path / "r.json"
+    a = h.RowReport(path, {"n": 8, "rows": []}, ("n",))
+    b = h.RowReport(path, {"n": 8, "rows": []}, ("n",))  # opened before either saved, like a second process
+    a.add({"label": "sd", "ratio": 0.5, "macs_speedup": 2.0})
+    b.add({"label": "dit", "ratio": 0.5, "macs_speedup": 2.0})
+    a.add({"label": "sd", "ratio": 0.6, "macs_speedup": 2.5})
+    rows = h.read_json(path)["rows"]
+    assert sorted((r["label"], r["ratio"]) for r in rows) == [("dit", 0.5), ("sd", 0.5), ("sd", 0.6)]
+    other = h.RowReport(tmp_path / "o.json", {"n": 16, "rows": []}, ("n",))
+    other.path = path  # a report of other settings saved over it takes in none of its rows
+    other.add({"label": "x", "ratio": 0.1, "macs_speedup": 1.1})
+    assert [r["label"] for r in h.read_json(path)["rows"]] == ["x"]
+
+
 def test_every_benchmark_runs_as_a_module_of_the_package():
     scripts = [f for f in (h.ROOT / "benchmarks").glob("*.py")
                if f.stem not in ("__init__", "harness", "results_page")]

@@ -88,6 +88,11 @@ class SearchConfig:
     # What a gated-off block reads during the search: its last value (0, DiP-GO's backup connection) or a
     # forecast through its last 2 or 3 values, so the search learns which blocks extrapolate well.
     forecast_order: int = 0
+    # The sparsity term acts only while the kept share exceeds the target by more than this many calls'
+    # worth of MACs. An evenly spread start rounds to whole calls, so it can sit up to half a call above
+    # its budget; pushed at once, many gates flip in the first iterations and saturate there. The final
+    # cut at the budget (post-processing) removes the slack.
+    slack_calls: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -106,6 +111,8 @@ class SearchConfig:
         for name in ("ramp", "anneal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DipgoError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.slack_calls <= 2.0:
+            raise DipgoError(f"slack_calls must be in [0, 2] (calls' worth of MACs), got {self.slack_calls}")
         if self.lr is None:
             self.lr = 0.02 if self.ratios is not None else 0.1
         if not self.lr > 0:
@@ -451,7 +458,7 @@ class Search:
         eff = effective_keep(gates, self.graph)
         kept = self.profile.kept_share(eff)
         # a drawn budget is enforced by the cut itself: no sparsity term
-        sparse_on = cfg.ratios is None and bool(kept.item() > 1 - target)
+        sparse_on = cfg.ratios is None and bool(kept.item() > 1 - target + cfg.slack_calls / self.calls)
         # Each rank's loss is its share of the batch's consistency plus 1/world of the sparsity term, so the
         # gradients summed over ranks are those of the whole batch in one process.
         loss = (cfg.alpha_s * kept if sparse_on else 0.0 * kept) / self.world.size
