@@ -55,8 +55,9 @@ def test_bad_range_is_refused():
 @pytest.mark.parametrize("slack, pushed", [(0.0, True), (0.5, False)])
 def test_the_sparsity_term_ignores_a_start_within_the_slack(slack, pushed):
     """6 calls at ratio 0.5: the evenly spread start computes 3 calls, and with the ungated layers of the
-    other 3 keeps 0.56 of the MACs, above the target (0.5) by less than half a call (1/12). Without slack the first iteration pushes every gate; with half
-    a call of slack it does not, and the final cut brings the schedule to the budget instead."""
+    other 3 keeps 0.56 of the MACs, above the target (0.5) by less than half a call (1/12). Without slack the
+    first iteration pushes every gate; with half a call of slack it does not, and the final cut brings the
+    schedule to the budget instead."""
     cfg = SearchConfig(ratio=0.5, num_inference_steps=6, iterations=1, batch=1, ramp=0.0, init="uniform",
                        slack_calls=slack)
     result = Search(tiny_dit(), cfg).run(progress=False)
