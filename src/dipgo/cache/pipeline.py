@@ -123,9 +123,9 @@ class PruneConfig:
                 # from the evenly spread schedule the budget holds from the first iteration: a target ramping
                 # up from 0 would first pull the gates back towards keep-everything and scramble the start
                 "ramp": 0.0, "forecast_order": self.forecast or 0,
-                # a small step, and no push while the start is within half a call of the budget: at 0.1 with
-                # the push, gates flipped together in the first iterations and froze there, and five seeds at
-                # 3x spanned 4.3 dB (mnist-dit) against 0.6 dB with these
+                # a small step, and no push while the start is within half a call of the budget: with lr 0.1
+                # and the push, gates flipped together in the first iterations and froze there, and the
+                # outcome depended on the seed (docs/methods.md, "The default pruning pipeline")
                 "lr": 0.03 if lo == hi else None, "slack_calls": 0.5 if lo == hi else 0.0}
         base.update(self.search)
         base["references"] = max(base["references"], base["batch"]) if base["references"] else 0
