@@ -85,6 +85,47 @@ def test_a_forecast_is_exact_on_affine_blocks_and_plain_reuse_is_not(order):
     assert torch.equal(_loop(model, 7)[-1], full[-1])  # detached: the model runs as before
 
 
+class Wavy(nn.Module):
+    """Blocks whose outputs bend with the call index (``sin``): no forecast is exact, so a search that
+    extrapolates from other values than the runtime's gives other images."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x, s):
+        return x + self.b(torch.sin(self.a(s * torch.ones(1, 4))))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_the_search_forecasts_from_the_values_the_runtime_does(order):
+    """The search's gated run with hard 0/1 gates is the run the schedule executes, at every forecast order:
+    reused calls followed by a computed one, then reused again (where a search that kept its forecast values
+    among the computed ones extrapolated along another line)."""
+    from dipgo.cache.runtime import apply_search_gates
+
+    model = Wavy().requires_grad_(False)
+    steps = [["a", "b"], [], ["b"], ["a", "b"], [], [], ["a"], ["a", "b"], [], []]
+    mask = torch.tensor([[float(n in row) for n in ("a", "b")] for row in steps])
+    blocks, modes = {"a": model.a, "b": model.b}, {"a": "output", "b": "output"}
+    att = attach(model, blocks, modes, schedule=_schedule(steps, order))
+    try:
+        executed = _loop(model, len(steps))
+    finally:
+        detach(model)
+    att = apply_search_gates(model, blocks, modes, forecast_order=order)
+    try:
+        att.state.reset()
+        att.state.new_generation, att.state.gates = True, mask
+        searched = _loop(model, len(steps))
+    finally:
+        detach(model)
+    for e, s in zip(executed, searched, strict=True):
+        torch.testing.assert_close(s, e, rtol=1e-6, atol=1e-6)
+    assert (executed[-1] - _loop(model, len(steps))[-1]).abs().max() > 1e-2  # the reuse is visible
+
+
 def test_schedules_record_the_order_and_old_files_load_as_reuse(tmp_path):
     s = _schedule([["a", "b"], ["a"], []], 2)
     path = s.save(tmp_path / "s.json")

@@ -61,12 +61,15 @@ class SearchGateHook(BlockHook):
             s.computed += 1
             return out
         key, call = self.key(), max(s.call, 0)
+        gate = s.gates[call, self.index]
         value, history = self.cache_value(out, args, kwargs), s.caches.get(key)
         if history is not None:
-            value = _tree_mix(s.gates[call, self.index], value, self.recall(history, call))
-        # Every call's value is kept, reused or not: a forecast lies on the polynomial through the values it
-        # came from, so keeping it changes no later forecast, and the gradient reaches every earlier gate.
-        self.remember(key, call, value)
+            value = _tree_mix(gate, value, self.recall(history, call))
+        # Plain reuse keeps every call's value: a reused one equals the newest, so no later value changes, and
+        # a later reuse's gradient reaches this call's gate. A forecast reads only computed values, like the
+        # runtime's: a forecast value among them would tilt the next line (or parabola) through a computed one.
+        if self.order == 0 or history is None or float(gate) >= 0.5:
+            self.remember(key, call, value)
         return self.from_cache(value, args, kwargs)
 
 
