@@ -68,7 +68,7 @@ class SearchGateHook(BlockHook):
         # Plain reuse keeps every call's value: a reused one equals the newest, so no later value changes, and
         # a later reuse's gradient reaches this call's gate. A forecast reads only computed values, like the
         # runtime's: a forecast value among them would tilt the next line (or parabola) through a computed one.
-        if self.order == 0 or history is None or float(gate) >= 0.5:
+        if self.order == 0 or history is None or float(gate.detach()) >= 0.5:
             self.remember(key, call, value)
         return self.from_cache(value, args, kwargs)
 
