@@ -70,7 +70,7 @@ def markdown(report: dict) -> list[str]:
     if report.get("pipeline") != PIPELINE:
         lines += [f"The default pipeline has changed since these rows were measured; it is now: {PIPELINE}. In "
                   "the simple-starts-only column nothing the search learned is used, in both versions.", ""]
-    rows = report["rows"]
+    rows = sorted(report["rows"], key=lambda r: (r["model"], r["base"], r["budget"], r["seed"]))
     lines += h.table(["model", "base", "budget", "seed", "search alone", "evenly spread", "full pipeline (start; MACs)",
                     "simple starts only (start; MACs)", "search s"],
                    ([r["model"], f"DDIM-{r['base']}", f"{r['budget']:g}x ({r['search_speedup']:.2f}x)", r["seed"],
