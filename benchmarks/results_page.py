@@ -36,7 +36,7 @@ SCHEDULERS = {None: "DDIM", "ddim": "DDIM", "pndm": "PLMS", "dpm++": "DPM++", "e
 # Benchmark folders in page order; any other bench-*/bench.json follows them, titled by its folder name.
 BENCHES = {
     "bench-forecast": "dipgo with forecasting against the alternatives",
-    "bench": "dipgo without forecasting, default effort",
+    "bench": "dipgo prune at its default effort",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",
