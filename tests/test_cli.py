@@ -53,6 +53,9 @@ def test_prune_show_and_sample_with_schedule(tmp_path, capsys):
                  "--out", str(out)]) == 0
     paths = [tmp_path / "s-r0.4.json", tmp_path / "s-r0.6.json"]
     assert all(p.is_file() for p in paths)
+    # the search's default checkpoint goes once the schedules are written: a prune with other settings to the
+    # same --out must not find it and refuse ("from a different search")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-r0.4.json", "s-r0.6.json"]
     data = json.loads(paths[1].read_text())
     assert data["num_inference_steps"] == 4 and data["scheduler"] == "DDIMScheduler"
     assert data["requested_ratio"] == 0.6 and data["model_class"] == "UNet2DConditionModel"

@@ -127,6 +127,8 @@ def cmd_prune(args) -> int:
         print(f"wrote {path} ({config.effort} effort; " + ", ".join(f"{k} {v:.0f} s" for k, v in
                                                                     rec["seconds"].items()) + ")")
         print(f"on {rec['held_out']['n']} held-out images: {p.line()}")
+    if not args.checkpoint and world().main:  # done: a later prune to the same --out starts a new search
+        ckpt.unlink(missing_ok=True)
     return 0
 
 
