@@ -37,6 +37,7 @@ SCHEDULERS = {None: "DDIM", "ddim": "DDIM", "pndm": "PLMS", "dpm++": "DPM++", "e
 BENCHES = {
     "bench-forecast": "dipgo with forecasting against the alternatives",
     "bench": "dipgo prune at its default effort",
+    "bench-ddim50": "dipgo prune at its default effort, DDIM-50, 6x",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",
