@@ -345,8 +345,11 @@ class RowReport:
         self.path, self.report, self.settings, self.keep = Path(path), report, tuple(settings), keep
         report.setdefault("rows", [])
         old = read_json(self.path)
-        if old and all(old.get(k) == report.get(k) for k in settings):
+        if self._same_settings(old):
             report["rows"] = [r for r in old["rows"] if keep is None or keep(r)]
+
+    def _same_settings(self, other: dict | None) -> bool:
+        return bool(other) and all(other.get(k) == self.report.get(k) for k in self.settings)
 
     @property
     def rows(self) -> list[dict]:
@@ -372,7 +375,7 @@ class RowReport:
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             disk = read_json(self.path)
-            if disk and all(disk.get(k) == self.report.get(k) for k in self.settings):
+            if self._same_settings(disk):
                 mine = {json.dumps(r, sort_keys=True) for r in self.rows}
                 self.rows.extend(r for r in disk["rows"] if json.dumps(r, sort_keys=True) not in mine
                                  and (self.keep is None or self.keep(r)))
