@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The demo runs the pruning pipeline users get (search, held-out selection, refinement) at its quick effort
+# The demo runs the pruning pipeline users get (held-out selection, refinement) at its quick effort
 # on the embedded mnist-sd model for DDIM-20 at 3x fewer MACs, then draws full / dipgo / fewer steps.
 demo: $(STAMP)
 	$(DIPGO) info mnist-sd

@@ -3,7 +3,7 @@ SD-1.5 (512 px, 50 steps, ratio 0.8, classifier-free guidance) on one A100-class
 
 The counts follow from the pipeline's settings (:data:`dipgo.cache.pipeline.EFFORTS`):
 
-* references: ``references`` full-model generations, once;
+* references: ``references`` full-model generations, once, where the effort runs the search;
 * search: ``iterations x batch`` gated generations, each a forward pass of every block (the gates mix fresh
   and cached values), a backward pass (counted as ``BACKWARD`` forward passes) and, with gradient
   checkpointing (on for denoisers over 100 M parameters), one more forward pass;
@@ -34,7 +34,7 @@ def calls(effort, steps: int, ratio: float, cfg: int = 2, checkpointing: bool = 
     per_gen = steps * cfg
     grad = 1 + BACKWARD + (1 if checkpointing else 0)
     keep = 1 - ratio
-    return {"references": effort.references * per_gen,
+    return {"references": effort.references * per_gen if effort.iterations else 0,
             "search": effort.iterations * effort.batch * per_gen * grad,
             "select + refine": (effort.evaluations * keep + 2) * effort.held_out * per_gen,
             "compare": effort.held_out * round(steps * keep) * cfg}

@@ -109,7 +109,7 @@ def test_the_search_forecasts_from_the_values_the_runtime_does(order):
     steps = [["a", "b"], [], ["b"], ["a", "b"], [], [], ["a"], ["a", "b"], [], []]
     mask = torch.tensor([[float(n in row) for n in ("a", "b")] for row in steps])
     blocks, modes = {"a": model.a, "b": model.b}, {"a": "output", "b": "output"}
-    att = attach(model, blocks, modes, schedule=_schedule(steps, order))
+    attach(model, blocks, modes, schedule=_schedule(steps, order))
     try:
         executed = _loop(model, len(steps))
     finally:

@@ -115,16 +115,30 @@ def test_config_errors_name_the_problem():
     with pytest.raises(DipgoError, match="held_out"):
         PruneConfig(held_out=0)
     with pytest.raises(DipgoError, match="iterations"):
-        PruneConfig(iterations=0)
+        PruneConfig(iterations=-1)
 
 
 def test_effort_levels_grow_in_cost():
     q, d, t = EFFORTS["quick"], EFFORTS["default"], EFFORTS["thorough"]
-    for field in ("iterations", "evaluations", "held_out"):
+    for field in ("evaluations", "held_out"):
         assert getattr(q, field) < getattr(d, field) < getattr(t, field)
+    # the gradient search runs at thorough only; quick and default spend its time on held-out runs
+    assert q.iterations == d.iterations == 0 < t.iterations
     c = PruneConfig(effort="quick")
     assert c.search_config().iterations == q.iterations and c.refine_config().evaluations == q.evaluations
     assert PruneConfig(effort="quick", iterations=7).search_config().iterations == 7
+
+
+def test_without_search_iterations_the_pipeline_selects_among_the_simple_schedules_only():
+    pipe = tiny_dit()
+    config = PruneConfig(ratio=0.5, num_inference_steps=6, effort="quick", iterations=0,
+                         evaluations=MIN_EVALUATIONS + 4, held_out=2)
+    out = prune_schedules(pipe, config, calibration=default_calibration(pipe), progress=False)[0]
+    rec = out.schedule.meta["pipeline"]
+    assert "search" not in rec["candidates"] and rec["candidates"]
+    assert all(k.startswith(("uniform ", "every ", "warm-up ")) for k in rec["candidates"]), rec["candidates"]
+    assert rec["search"]["iterations"] == 0 and out.schedule.meta["search"]["iterations"] == 0
+    assert out.schedule.achieved_ratio >= 0.5 - 0.0125 - 1e-6
 
 
 def test_the_search_alone_does_not_collapse_on_a_trained_model():

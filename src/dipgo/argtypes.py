@@ -63,6 +63,7 @@ IMAGES = Number(int, 1, 1_000_000)
 BATCH = Number(int, 1, 65_536)
 RUNS = Number(int, 1, 100_000)            # timed calls, held-out runs, calibration images
 ITERATIONS = Number(int, 1, 1_000_000)
+SEARCH_ITERATIONS = Number(int, 0, 1_000_000)  # 0: the pipeline runs no gradient search
 TRAIN_STEPS = Number(int, 0, 100_000_000)  # optimiser steps; 0: none
 SEED = Number(int, 0, 2**32 - 1)
 INDEX = Number(int, 0, 1_000_000)         # a condition's index

@@ -458,17 +458,17 @@ def _info_parser(sub) -> None:
 
 def _prune_parser(sub) -> None:
     """dipgo prune: the pruning pipeline"""
-    prune = _model_command(sub, "prune", help="learn a skip schedule (DiP-GO search) and write it as JSON")
+    prune = _model_command(sub, "prune", help="find a skip schedule for a MACs budget (held out) and write it as JSON")
     prune.add_argument("--ratio", type=types.RATIOS, default="0.8",
-                       help="pruned share of MACs in (0, 1); several, comma-separated, share one search")
+                       help="pruned share of MACs in (0, 1); several, comma-separated")
     prune.add_argument("--steps", type=types.SEARCH_STEPS, default=50, help="num_inference_steps the schedule is for")
     prune.add_argument("--scheduler", default="ddim", help="ddim, pndm (PLMS), dpm++, euler")
     prune.add_argument("--out", default="schedule.json")
     prune.add_argument("--effort", default="default", choices=("quick", "default", "thorough"),
-                       help="the cost of every stage (search iterations, held-out sampling runs): quick for a "
+                       help="the cost of every stage (held-out sampling runs, search iterations): quick for a "
                        "first look, default, thorough for a release")
-    prune.add_argument("--iterations", type=types.ITERATIONS, default=None,
-                       help="search iterations (default: the effort's)")
+    prune.add_argument("--iterations", type=types.SEARCH_ITERATIONS, default=None,
+                       help="gradient search iterations; 0: none (default: the effort's, 0 at quick and default)")
     prune.add_argument("--evaluations", "--refine", dest="evaluations", type=types.RUNS, default=None, metavar="N",
                        help="held-out sampling runs for selection and refinement (default: the effort's)")
     prune.add_argument("--forecast", default="auto", choices=("auto", "0", "1", "2"),

@@ -1,14 +1,16 @@
 """The pruning pipeline behind every entry point: ``dipgo prune``, ``dipgo.prune`` (pipelines and custom
 loops) and ``dipgo bench`` all run :func:`prune_schedules`, with the same stages and defaults.
 
-1. **search**: the DiP-GO gradient search (:mod:`dipgo.cache.search`). For one budget it starts from the
-   evenly spread schedule of that budget, so it begins at a good point and moves only where its
-   gradients say a (call, block) pair matters more than another.
-2. **select**: the searched schedule and the simple schedules of the same budget (evenly spread full
-   calls, which is fewer steps on DDIM; full calls every N, which is DeepCache/FORA spacing; the first three
-   calls full and then every N, which is TaylorSeer's) are each
-   brought to the budget and measured on held-out generations (:mod:`dipgo.cache.heldout`), with reused
-   blocks taken as they are (forecast order 0) and extrapolated from their last values (orders 1 and 2).
+1. **search**: the DiP-GO gradient search (:mod:`dipgo.cache.search`), at ``thorough`` effort or with
+   ``iterations`` set. For one budget it starts from the evenly spread schedule of that budget and moves only
+   where its gradients say a (call, block) pair matters more than another. At ``quick`` and ``default`` it is
+   off and its time goes to held-out runs: on the models measured, its schedule did not beat the simple starts
+   after refinement, and the held-out runs it cost did pay (docs/methods.md, "The default pruning pipeline").
+2. **select**: the simple schedules of the budget (evenly spread full calls, which is fewer steps on DDIM; full
+   calls every N, which is DeepCache/FORA spacing; the first calls full and then every N, which is
+   TaylorSeer's), and the searched schedule where there is one, are each brought to the budget and measured on
+   held-out generations (:mod:`dipgo.cache.heldout`), with reused blocks taken as they are (forecast order 0)
+   and extrapolated from their last values (orders 1 and 2).
 3. **refine**: a local search from the best (start, order) pair (:mod:`dipgo.cache.refine`) spends what is left of
    the held-out budget.
 4. **compare**: fewer steps at the same MACs on the same held-out images (on a custom loop, the evenly
@@ -40,8 +42,9 @@ from .search import Search, SearchConfig, SearchResult, uniform_mask
 
 @dataclass(frozen=True)
 class Effort:
-    """What one effort level spends: search iterations and images per iteration, full-model reference
-    images pooled for the search, held-out sampling runs for selection and refinement, and images per run."""
+    """What one effort level spends: search iterations (0: no gradient search) and images per iteration,
+    full-model reference images pooled for the search, held-out sampling runs for selection and refinement,
+    and images per run."""
 
     iterations: int
     batch: int
@@ -52,8 +55,10 @@ class Effort:
 
 
 EFFORTS = {
-    "quick": Effort(iterations=30, batch=2, references=16, evaluations=120, held_out=8, repair_candidates=6),
-    "default": Effort(iterations=80, batch=4, references=32, evaluations=400, held_out=16, repair_candidates=12),
+    # quick and default give the search's time to held-out runs (about what 30 iterations x 2 images and
+    # 80 x 4 took): the simple starts alone use up about 120 runs at quick, so refinement only begins past that
+    "quick": Effort(iterations=0, batch=2, references=16, evaluations=200, held_out=8, repair_candidates=6),
+    "default": Effort(iterations=0, batch=4, references=32, evaluations=700, held_out=16, repair_candidates=12),
     "thorough": Effort(iterations=250, batch=4, references=128, evaluations=1500, held_out=32, repair_candidates=16),
 }
 # Selection measures up to seven starts (the search, and two each of the evenly spread, every-N and warm-up
@@ -98,8 +103,9 @@ class PruneConfig:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0:
                 raise DipgoError(f"ratio must be in (0, 1) (the pruned share of MACs), got {r!r}")
         self.ratios = tuple(float(r) for r in ratios)
-        if self.iterations is not None and self.iterations < 1:
-            raise DipgoError(f"iterations (of the search) must be >= 1, got {self.iterations}")
+        if self.iterations is not None and (isinstance(self.iterations, bool) or self.iterations < 0):
+            raise DipgoError(f"iterations (of the search) must be >= 0 (0: no gradient search), got "
+                             f"{self.iterations!r}")
         if self.evaluations is not None and self.evaluations < MIN_EVALUATIONS:
             raise DipgoError(f"evaluations={self.evaluations} is too few to select among the candidate schedules: "
                              f"give at least {MIN_EVALUATIONS} held-out sampling runs")
@@ -225,7 +231,8 @@ def _select_and_refine(sampler, result: SearchResult, ratio: float, config: Prun
     rc = config.refine_config()
     scorer = Scorer(sampler, result, rc.n, rc.evaluations, progress, desc=f"2/3 select + refine ({ratio:g})",
                     full=full)
-    done = refine(sampler, result, ratio, config=rc, progress=progress, scorer=scorer)
+    done = refine(sampler, result, ratio, config=rc, progress=progress, scorer=scorer,
+                  simple_only=not result.config.iterations)
     return Pruned(done.schedule, done.psnr, done.starts, done.start, None)
 
 
@@ -242,7 +249,13 @@ def prune_schedules(target, config: PruneConfig, *, denoiser=None, blocks: list[
     search = Search(sampler, config.search_config(), checkpoint_path=checkpoint, blocks=blocks)
     if search.iteration and progress:
         print(f"resuming the search from {checkpoint} at iteration {search.iteration}/{search.cfg.iterations}")
-    result = search.run(progress=progress, desc="1/3 search")
+    if search.cfg.iterations:
+        result = search.run(progress=progress, desc="1/3 search")
+    else:
+        if progress and w.main:
+            print(f"1/3 search: off at effort {config.effort} (iterations=N turns it on); selection starts from "
+                  "the simple schedules")
+        result = search.result()
     seconds["search"] = time.perf_counter() - t0
     out = []
     for ratio in config.ratios:

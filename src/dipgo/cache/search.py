@@ -60,7 +60,7 @@ class SearchConfig:
     ratio: float = 0.8                # target pruned share of MACs
     num_inference_steps: int = 50
     guidance_scale: float | None = None  # None: the pipeline's own default
-    iterations: int = 150
+    iterations: int = 150             # 0: no gradient steps; the result holds the model's graph and costs
     batch: int = 4                    # images per iteration
     lr: float | None = None           # None: 0.1, or 0.02 for a budget-range search (a large step scrambles
                                       # the ranking every cut of the range depends on)
@@ -100,8 +100,8 @@ class SearchConfig:
             raise DipgoError(f"ratio must be in (0, 1) (the pruned share of MACs), got {self.ratio}")
         if self.num_inference_steps < 2:
             raise DipgoError(f"num_inference_steps must be >= 2, got {self.num_inference_steps}")
-        if self.iterations < 1 or self.batch < 1:
-            raise DipgoError("iterations and batch must be >= 1")
+        if self.iterations < 0 or self.batch < 1:
+            raise DipgoError("iterations must be >= 0 (0: no gradient steps) and batch >= 1")
         if self.loss not in LOSSES:
             raise DipgoError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         if self.init not in ("keep", "uniform"):
@@ -535,6 +535,10 @@ class Search:
             detach(self.denoiser)
             for p in frozen:
                 p.requires_grad_(True)
+        return self.result()
+
+    def result(self) -> SearchResult:
+        """The scores as they stand (the start's, before any iteration), with the model's graph and costs."""
         with torch.no_grad():
             scores = self.pruner()
         return SearchResult(scores, self.graph, self.profile, self.cfg, self.history, self.elapsed, self.meta())
