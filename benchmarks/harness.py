@@ -338,11 +338,14 @@ def write_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 class RowReport:
     """A JSON report of measured rows, saved after every row. The rows of an interrupted run are kept when its
-    ``settings`` keys match this run's (``keep`` may drop some of them)."""
+    ``settings`` keys match this run's (``keep`` may drop some of them). ``key`` names the fields that identify
+    a row, so that a row completed in place (a column added) replaces its older copy when another process saves;
+    without it, rows are told apart by their whole content."""
 
     def __init__(self, path: str | Path, report: dict, settings: Sequence[str],
-                 keep: Callable[[dict], bool] | None = None):
+                 keep: Callable[[dict], bool] | None = None, key: Sequence[str] | None = None):
         self.path, self.report, self.settings, self.keep = Path(path), report, tuple(settings), keep
+        self.key = tuple(key) if key else None
         report.setdefault("rows", [])
         old = read_json(self.path)
         if self._same_settings(old):
@@ -376,10 +379,21 @@ class RowReport:
             fcntl.flock(lock, fcntl.LOCK_EX)
             disk = read_json(self.path)
             if self._same_settings(disk):
-                mine = {json.dumps(r, sort_keys=True) for r in self.rows}
-                self.rows.extend(r for r in disk["rows"] if json.dumps(r, sort_keys=True) not in mine
-                                 and (self.keep is None or self.keep(r)))
+                self._merge([r for r in disk["rows"] if self.keep is None or self.keep(r)])
             write_json(self.path, self.report)
+
+    def _merge(self, theirs: list[dict]) -> None:
+        """Take in another process's rows: new ones are added; of two copies of one row (same ``key``), the one
+        holding more fields is kept."""
+        ident = (lambda r: tuple(r.get(k) for k in self.key)) if self.key else (lambda r: json.dumps(r, sort_keys=True))
+        mine = {ident(r): i for i, r in enumerate(self.rows)}
+        for r in theirs:
+            i = mine.get(ident(r))
+            if i is None:
+                mine[ident(r)] = len(self.rows)
+                self.rows.append(r)
+            elif set(r) > set(self.rows[i]):
+                self.rows[i] = r
 
 
 def row(cells: Iterable[object]) -> str:

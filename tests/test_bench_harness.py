@@ -102,6 +102,21 @@ def test_two_processes_adding_rows_to_one_report_keep_both(tmp_path):
     assert [r["label"] for r in h.read_json(path)["rows"]] == ["x"]
 
 
+def test_a_row_completed_in_place_replaces_its_older_copy_from_another_process(tmp_path):
+    path, key = tmp_path / "r.json", ("label", "ratio")
+    a = h.RowReport(path, {"n": 8, "rows": []}, ("n",), key=key)
+    a.add({"label": "sd", "ratio": 0.5, "macs_speedup": 2.0})
+    a.add({"label": "dit", "ratio": 0.5, "macs_speedup": 2.0})
+    b = h.RowReport(path, {"n": 8, "rows": []}, ("n",), key=key)  # the second process holds both rows
+    a.find(label="sd")["extra"] = 1.0  # a new column on one row, in the first process
+    a.save()
+    b.find(label="dit")["extra"] = 2.0  # and on the other, in the second, which still holds the old sd row
+    b.save()
+    rows = {r["label"]: r for r in h.read_json(path)["rows"]}
+    assert len(h.read_json(path)["rows"]) == 2
+    assert rows["sd"]["extra"] == 1.0 and rows["dit"]["extra"] == 2.0
+
+
 def test_every_benchmark_runs_as_a_module_of_the_package():
     scripts = [f for f in (h.ROOT / "benchmarks").glob("*.py")
                if f.stem not in ("__init__", "harness", "results_page")]

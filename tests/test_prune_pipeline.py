@@ -164,3 +164,54 @@ def test_the_search_alone_does_not_collapse_on_a_trained_model():
     alone = held_out_psnr(sampler, cut, full)
     even = held_out_psnr(sampler, uniform_schedule(result, cut.achieved_ratio), full)
     assert alone > 18.0 and alone > even - 3.0, (alone, even)
+
+
+def test_an_interrupted_selection_resumes_from_its_held_out_record(tmp_path, monkeypatch):
+    """Stopped after 5 held-out runs and started again with the same checkpoint, the pipeline samples only the
+    runs it had not measured and ends with the schedule an uninterrupted run gives."""
+    import json
+
+    import dipgo.cache.refine as refine_module
+    from dipgo.cache.pipeline import record_path
+
+    pipe = tiny_dit()
+    cal = default_calibration(pipe)
+    config = PruneConfig(ratio=0.5, num_inference_steps=6, effort="quick", iterations=0,
+                         evaluations=MIN_EVALUATIONS + 6, held_out=2)
+    real, runs, stop = refine_module.held_out_psnr, [], {"after": None}
+
+    def counted(*args, **kwargs):
+        if stop["after"] is not None and len(runs) >= stop["after"]:
+            raise KeyboardInterrupt
+        runs.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "held_out_psnr", counted)
+    whole = prune_schedules(pipe, config, calibration=cal, progress=False)[0]
+    total, ckpt = len(runs), tmp_path / "s.search.pt"
+    runs.clear()
+    stop["after"] = 5
+    with pytest.raises(KeyboardInterrupt):
+        prune_schedules(pipe, config, calibration=cal, checkpoint=ckpt, progress=False)
+    assert len(json.loads(record_path(ckpt).read_text())["values"]) == 5
+    runs.clear()
+    stop["after"] = None
+    resumed = prune_schedules(pipe, config, calibration=cal, checkpoint=ckpt, progress=False)[0]
+    assert total > 5 and len(runs) == total - 5
+    assert resumed.schedule.steps == whole.schedule.steps and resumed.psnr == whole.psnr
+    assert resumed.candidates == whole.candidates
+
+
+def test_a_held_out_record_of_another_setting_is_not_trusted(tmp_path):
+    from dipgo.cache.heldout import HeldOutRecord
+
+    path = tmp_path / "r.heldout.json"
+    mask = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    first = HeldOutRecord(path, {"n": 2})
+    first.put(HeldOutRecord.key(1, mask), 31.5)
+    assert HeldOutRecord(path, {"n": 2}).get(HeldOutRecord.key(1, mask)) == 31.5
+    assert HeldOutRecord(path, {"n": 2}).get(HeldOutRecord.key(0, mask)) is None  # another forecast order
+    assert HeldOutRecord(path, {"n": 4}).values == {}  # other held-out images: started over
+    path.write_text("not json")
+    with pytest.raises(DipgoError, match="delete it"):
+        HeldOutRecord(path, {"n": 2})

@@ -104,7 +104,7 @@ def _prune_config(args, guidance: float | None):
 
 
 def cmd_prune(args) -> int:
-    from .cache.pipeline import prune_schedules
+    from .cache.pipeline import prune_schedules, record_path
     from .models.pipelines import set_scheduler
 
     _prune_config(args, None)  # validated before anything is loaded
@@ -129,6 +129,7 @@ def cmd_prune(args) -> int:
         print(f"on {rec['held_out']['n']} held-out images: {p.line()}")
     if not args.checkpoint and world().main:  # done: a later prune to the same --out starts a new search
         ckpt.unlink(missing_ok=True)
+        record_path(ckpt).unlink(missing_ok=True)
     return 0
 
 
@@ -489,8 +490,8 @@ def _prune_parser(sub) -> None:
                        help="recompute each call in backward: about half the memory for about 1.5x the time "
                        "(auto: on for denoisers over 100M parameters)")
     prune.add_argument("--blocks", default=None, help="comma-separated submodule names (custom models)")
-    prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt); "
-                       "an interrupted search resumes from it")
+    prune.add_argument("--checkpoint", default=None, help="search checkpoint (default OUT.search.pt), "
+                       "held-out values beside it (OUT.search.heldout.json); an interrupted prune resumes from them")
     prune.add_argument("--seed", type=types.SEED, default=0)
     _calibration_args(prune)
     _device_args(prune)

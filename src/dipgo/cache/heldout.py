@@ -8,9 +8,13 @@ mean PSNR of its images against the full model's images from the same seeds.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from ..errors import DipgoError
+from ..fileio import atomic_path
 from ..models.similarity import psnr
 from .apply import apply, remove
 from .schedule import Schedule
@@ -63,3 +67,49 @@ def held_out_psnr(sampler, schedule: Schedule, full: torch.Tensor) -> float:
     finally:
         remove(target_of(sampler))
     return float(psnr(images, full, cap=100.0).mean())
+
+
+class HeldOutRecord:
+    """Every held-out PSNR measured so far, by (forecast order, mask), kept in a JSON file so that an
+    interrupted selection and refinement resumes where it stopped: their random draws are seeded, so a rerun
+    proposes the same masks in the same order, finds their values here, and samples only from the first one
+    it has not measured. The file belongs to one model, sampler setting and held-out set (``fingerprint``);
+    a file of another is set aside, not trusted."""
+
+    def __init__(self, path: str | Path | None, fingerprint: dict):
+        self.path, self.fingerprint, self.values = (Path(path) if path else None), fingerprint, {}
+        self.resumed = 0
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError) as err:
+            raise DipgoError(f"{self.path} is not a held-out record ({err}); delete it to start over") from None
+        if not isinstance(data, dict) or data.get("fingerprint") != _plain(fingerprint):
+            print(f"{self.path} holds held-out values of another model or setting; starting over")
+            return
+        self.values = {str(k): float(v) for k, v in data.get("values", {}).items()}
+        self.resumed = len(self.values)
+
+    @staticmethod
+    def key(order: int, mask: torch.Tensor) -> str:
+        bits = "".join("1" if v > 0.5 else "0" for v in mask.flatten().tolist())
+        return f"{order}:{tuple(mask.shape)}:{int(bits, 2):x}"
+
+    def get(self, key: str) -> float | None:
+        return self.values.get(key)
+
+    def put(self, key: str, value: float) -> None:
+        self.values[key] = value
+        if self.path is not None:
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps({"fingerprint": _plain(self.fingerprint), "values": self.values}))
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _plain(obj):
+    """``obj`` as JSON gives it back (tuples as lists), so a fingerprint read from the file compares equal."""
+    return json.loads(json.dumps(obj))

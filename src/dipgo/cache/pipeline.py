@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,7 @@ from ..dist import world
 from ..errors import DipgoError
 from ..models.similarity import psnr
 from .driver import FunctionSampler, PipelineSampler
-from .heldout import HELD_OUT_SEED, check_seeded, held_out_images, held_out_psnr
+from .heldout import HELD_OUT_SEED, HeldOutRecord, check_seeded, held_out_images, held_out_psnr
 from .postprocess import schedule_from_mask
 from .refine import RefineConfig, Scorer, refine
 from .schedule import FORECAST_ORDERS, Schedule
@@ -226,11 +227,26 @@ def make_sampler(target, config: PruneConfig, *, denoiser=None, calibration=None
     return PipelineSampler(target, calibration, config.num_inference_steps, config.guidance_scale, call_kwargs)
 
 
+def record_path(checkpoint) -> Path | None:
+    """Where the held-out values of a pipeline with search checkpoint ``checkpoint`` are kept (see
+    :class:`~dipgo.cache.heldout.HeldOutRecord`): ``OUT.search.pt`` -> ``OUT.search.heldout.json``."""
+    return None if checkpoint is None else Path(checkpoint).with_suffix(".heldout.json")
+
+
+def _record_of(checkpoint, result: SearchResult, config: PruneConfig, progress: bool) -> HeldOutRecord:
+    rc = config.refine_config()
+    fingerprint = {"model": result.meta, "n": rc.n, "seed": HELD_OUT_SEED, "guidance_scale": config.guidance_scale}
+    record = HeldOutRecord(record_path(checkpoint), fingerprint)
+    if record.resumed and progress and world().main:
+        print(f"resuming selection and refinement: {record.resumed} held-out values from {record.path}")
+    return record
+
+
 def _select_and_refine(sampler, result: SearchResult, ratio: float, config: PruneConfig, full: torch.Tensor,
-                       progress: bool) -> Pruned:
+                       progress: bool, record: HeldOutRecord) -> Pruned:
     rc = config.refine_config()
     scorer = Scorer(sampler, result, rc.n, rc.evaluations, progress, desc=f"2/3 select + refine ({ratio:g})",
-                    full=full)
+                    full=full, record=record)
     done = refine(sampler, result, ratio, config=rc, progress=progress, scorer=scorer,
                   simple_only=not result.config.iterations)
     return Pruned(done.schedule, done.psnr, done.starts, done.start, None)
@@ -257,10 +273,11 @@ def prune_schedules(target, config: PruneConfig, *, denoiser=None, blocks: list[
                   "the simple schedules")
         result = search.result()
     seconds["search"] = time.perf_counter() - t0
+    record = _record_of(checkpoint, result, config, progress) if w.main else None
     out = []
     for ratio in config.ratios:
         t1 = time.perf_counter()
-        pruned = w.on_main(lambda r=ratio: _select_and_refine(sampler, result, r, config, full, progress))
+        pruned = w.on_main(lambda r=ratio: _select_and_refine(sampler, result, r, config, full, progress, record))
         seconds["select_refine"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         if progress and w.main:

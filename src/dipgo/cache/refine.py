@@ -30,7 +30,7 @@ from ..models.adapters import effective_keep
 from ..models.calibration import Calibration
 from ..models.checks import check_at_least
 from .driver import PipelineSampler
-from .heldout import HELD_OUT_SEED, held_out_images, held_out_psnr
+from .heldout import HELD_OUT_SEED, HeldOutRecord, held_out_images, held_out_psnr
 from .postprocess import pruned_ratio, schedule_at_ratio, schedule_from_mask
 from .schedule import FORECAST_ORDERS, Schedule
 from .search import uniform_mask
@@ -75,8 +75,9 @@ class Scorer:
     """Held-out PSNR of a mask: one sampling run of ``n`` images with the mask's schedule applied."""
 
     def __init__(self, sampler, result, n: int, budget: int, progress: bool, desc: str = "refining",
-                 full: torch.Tensor | None = None):
+                 full: torch.Tensor | None = None, record: HeldOutRecord | None = None):
         self.sampler, self.result = sampler, result
+        self.record = record or HeldOutRecord(None, {})  # a mask measured once is not sampled again
         self.steps = result.config.num_inference_steps
         self.n, self.evaluations, self.budget = n, 0, budget
         self.order = 0  # the forecast order the schedules it scores use
@@ -98,7 +99,12 @@ class Scorer:
         if self.evaluations > self.bar.total:  # every start is measured once, even past the budget
             self.bar.total = self.evaluations
         self.bar.update(1)
-        return held_out_psnr(self.sampler, self.schedule(mask), self.full)
+        key = HeldOutRecord.key(self.order, mask)
+        value = self.record.get(key)
+        if value is None:
+            value = held_out_psnr(self.sampler, self.schedule(mask), self.full)
+            self.record.put(key, value)
+        return value
 
 
 def _cascade(keep: torch.Tensor, graph) -> torch.Tensor:

@@ -125,9 +125,9 @@ def markdown(report: dict) -> str:
     lines += ntire_section(report)
     lines += _target_section(report, sched)
     if report.get("searches"):
-        lines += ["dipgo points: the pruning pipeline of `dipgo prune` (search, held-out selection, refinement), "
-                  "per model, base and budget: " + "; ".join(_pipeline_note(k, v) for k, v in
-                                                           report["searches"].items()) + ".", ""]
+        lines += ["dipgo points: the pruning pipeline of `dipgo prune` (held-out selection and refinement, after a "
+                  "gradient search where it ran), per model, base and budget: "
+                  + "; ".join(_pipeline_note(k, v) for k, v in report["searches"].items()) + ".", ""]
     return "\n".join(lines)
 
 
@@ -184,8 +184,12 @@ def _pipeline_note(key: str, rec: dict) -> str:
         secs = ", ".join(f"{k} {v:.0f} s" for k, v in rec["seconds"].items())
         c = rec.get("compared") or {}
         versus = f"; {c['label']} {c['psnr']:.2f} dB" if c else ""
-        return (f"{key} ({rec.get('effort')}: {secs}; won by {rec.get('winner')}, held-out "
-                f"{rec.get('psnr'):.2f} dB{versus})")
+        iterations = (rec.get("search") or {}).get("iterations")
+        search = "no search" if iterations == 0 else f"search {iterations} iterations" if iterations else ""
+        runs = f"{rec['evaluations']} held-out runs" if rec.get("evaluations") else ""
+        spent = ", ".join(x for x in (search, runs) if x)
+        return (f"{key} ({rec.get('effort')}{': ' + spent if spent else ''}; {secs}; won by {rec.get('winner')}, "
+                f"held-out {rec.get('psnr'):.2f} dB{versus})")
     return f"{key} (search {rec.get('seconds', 0):.0f} s)"
 
 
