@@ -105,10 +105,6 @@ class HeldOutRecord:
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps({"fingerprint": _plain(self.fingerprint), "values": self.values}))
 
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
 
 def _plain(obj):
     """``obj`` as JSON gives it back (tuples as lists), so a fingerprint read from the file compares equal."""
