@@ -104,7 +104,7 @@ def _prune_config(args, guidance: float | None):
 
 
 def cmd_prune(args) -> int:
-    from .cache.pipeline import prune_schedules, record_path
+    from .cache.pipeline import prune_schedules, remove_checkpoints
     from .models.pipelines import set_scheduler
 
     _prune_config(args, None)  # validated before anything is loaded
@@ -128,8 +128,7 @@ def cmd_prune(args) -> int:
                                                                     rec["seconds"].items()) + ")")
         print(f"on {rec['held_out']['n']} held-out images: {p.line()}")
     if not args.checkpoint and world().main:  # done: a later prune to the same --out starts a new search
-        ckpt.unlink(missing_ok=True)
-        record_path(ckpt).unlink(missing_ok=True)
+        remove_checkpoints(ckpt)
     return 0
 
 

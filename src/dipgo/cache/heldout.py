@@ -77,7 +77,7 @@ class HeldOutRecord:
     a file of another is set aside, not trusted."""
 
     def __init__(self, path: str | Path | None, fingerprint: dict):
-        self.path, self.fingerprint, self.values = (Path(path) if path else None), fingerprint, {}
+        self.path, self.fingerprint, self.values = (Path(path) if path else None), _plain(fingerprint), {}
         self.resumed = 0
         if self.path is None or not self.path.exists():
             return
@@ -85,7 +85,7 @@ class HeldOutRecord:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError) as err:
             raise DipgoError(f"{self.path} is not a held-out record ({err}); delete it to start over") from None
-        if not isinstance(data, dict) or data.get("fingerprint") != _plain(fingerprint):
+        if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
             print(f"{self.path} holds held-out values of another model or setting; starting over")
             return
         self.values = {str(k): float(v) for k, v in data.get("values", {}).items()}
@@ -103,7 +103,7 @@ class HeldOutRecord:
         self.values[key] = value
         if self.path is not None:
             with atomic_path(self.path) as tmp:
-                tmp.write_text(json.dumps({"fingerprint": _plain(self.fingerprint), "values": self.values}))
+                tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "values": self.values}))
 
 
 def _plain(obj):

@@ -233,6 +233,13 @@ def record_path(checkpoint) -> Path | None:
     return None if checkpoint is None else Path(checkpoint).with_suffix(".heldout.json")
 
 
+def remove_checkpoints(checkpoint) -> None:
+    """Delete the search checkpoint and the held-out record beside it: the prune is done."""
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+        record_path(checkpoint).unlink(missing_ok=True)
+
+
 def _record_of(checkpoint, result: SearchResult, config: PruneConfig, progress: bool) -> HeldOutRecord:
     rc = config.refine_config()
     fingerprint = {"model": result.meta, "n": rc.n, "seed": HELD_OUT_SEED, "guidance_scale": config.guidance_scale}

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .. import zoo
-from ..cache.pipeline import EFFORTS, PruneConfig, prune_schedules, record_path
+from ..cache.pipeline import EFFORTS, PruneConfig, prune_schedules, remove_checkpoints
 from ..cache.schedule import Schedule
 from ..dist import world
 from ..errors import DipgoError
@@ -281,8 +281,7 @@ def dipgo_for_budget(pipe, model: str, base: int, guidance: float, budget: float
         return None  # the table shows no point
     if world().main:
         pruned.schedule.save(path)
-        ckpt.unlink(missing_ok=True)
-        record_path(ckpt).unlink(missing_ok=True)
+        remove_checkpoints(ckpt)
     world().barrier()
     if progress:
         print(f"{model} {scheduler_label(cfg.scheduler)}-{base} {budget:g}x held out: {pruned.line()}", flush=True)
