@@ -296,6 +296,22 @@ def forecast_cost_section(results: Path) -> list[str]:
         ["model", "forecast order", "MACs speedup", "cache (MiB)", "time vs order 0"], rows) + [""]
 
 
+def forecast_form_section(results: Path) -> list[str]:
+    rel = "forecast-form.json"
+    data = load(results, rel)
+    if data is None:
+        return []
+    labels = list(data["rows"][0]["psnr"])
+    rows = [[r["model"], f"{r['macs_speedup']:.2f}x", str(r["chosen_order"])]
+            + [f"{r['psnr'][k]:.2f}" for k in labels] for r in data["rows"]]
+    return ["## The form of an order-2 forecast", "", source(rel, data.get("machine")), "",
+            f"Produced by `{data['command']}`: each `bench-forecast` dipgo schedule with the same computed blocks, "
+            "its reused blocks returning their last value (order 0), a line (order 1), or at order 2 the parabola "
+            "through their last three values or TaylorSeer's Taylor series. PSNR (dB) against the full model on "
+            f"{data['n']} images (seeds from {data['seed']}), computed on the float images.", ""] + table(
+        ["model", "MACs speedup", "order chosen"] + [f"order {k}" for k in labels], rows) + [""]
+
+
 def prune_time_section(results: Path) -> list[str]:
     rel = "prune-time/prune-time.json"
     data = load(results, rel)
@@ -485,8 +501,8 @@ def build_page(results: Path = RESULTS) -> str:
     names += sorted(p.parent.name for p in results.glob("bench-*/bench.json") if p.parent.name not in BENCHES)
     for name in names:
         sections.append(bench_section(results, f"{name}/bench.json", BENCHES.get(name, name)))
-    for part in (forecast_cost_section, budget_range_section, transfer_section, wall_section, prune_time_section,
-                 scaling_section, layers_section, depth_section):
+    for part in (forecast_cost_section, forecast_form_section, budget_range_section, transfer_section, wall_section,
+                 prune_time_section, scaling_section, layers_section, depth_section):
         sections.append(part(results))
     sections += included_sections(results)
     sections = [s for s in sections if s]

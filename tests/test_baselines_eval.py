@@ -282,3 +282,26 @@ def test_probe_on_dit_counts_only_blocks_that_ran(dit_pipe):
         assert ev.run(fora, progress=False).macs == pytest.approx(fora.schedule.macs, rel=1e-9)
     finally:
         ev.close()
+
+
+def test_eval_counts_a_fine_transformer_schedule_at_its_modules(dit_pipe):
+    """A schedule at fine granularity skips attention and feed-forward modules inside DiT's blocks: the
+    evaluation probes those modules, so its MACs are the schedule's own (not the full model's, which a probe on
+    the blocks alone would see, as every block still runs its norms)."""
+    set_scheduler(dit_pipe, "ddim")
+    den = dit_pipe.transformer
+    graph = block_graph(den, "fine")
+    args, kwargs = capture_denoiser_call(dit_pipe)
+    profile = profile_denoiser(den, resolve_blocks(den, graph.names), args, kwargs)
+    mask = torch.ones(6, len(graph.names))
+    mask[1::2] = 0                     # every other call reuses every module
+    mask[2, graph.names.index("transformer_blocks.3.ff")] = 0
+    schedule = make_schedule(den, "DDIMScheduler", 6, graph, profile, mask, cfg=2)
+    assert schedule.macs_full / schedule.macs > 1.9
+    ev = Evaluator(dit_pipe, n=2, guidance_scale=2.0, batch=2, calibration=digits(dit_pipe))
+    try:
+        run = ev.run(AppliedSchedule(dit_pipe, schedule, "fine"), progress=False)
+        assert run.macs == pytest.approx(schedule.macs, rel=1e-9)
+        assert ev.full_macs(6) / run.macs > 1.9
+    finally:
+        ev.close()

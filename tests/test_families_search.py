@@ -3,6 +3,8 @@ the search runs the pipeline's own ``__call__``, with all gates on it gives the 
 a 3-iteration search runs, its schedule applies to the stock pipeline, and the execution probe shows
 that skipped blocks do no work."""
 
+import dataclasses
+
 import pytest
 import torch
 from families import CALL_KWARGS, FAMILIES
@@ -12,7 +14,7 @@ from dipgo.cache.driver import PipelineSampler
 from dipgo.cache.runtime import attach, detach
 from dipgo.cache.search import Search, SearchConfig
 from dipgo.errors import DipgoError
-from dipgo.models.adapters import block_graph, resolve_blocks
+from dipgo.models.adapters import SUBLAYER, block_graph, resolve_blocks
 from dipgo.models.costs import ExecutionProbe
 from dipgo.models.pipelines import capture_denoiser_call, default_calibration, denoiser_of, generate
 
@@ -73,6 +75,43 @@ def test_generic_search_on_family(family):
     assert ran.shape == (calls, len(graph.names))
     torch.testing.assert_close(ran, schedule.mask())  # a skipped block ran no layer of its own
     assert torch.isfinite(pruned).all() and pruned.shape == reference.shape
+
+
+@pytest.mark.parametrize("family", ["dit", "pixart", "sd3", "flux"])
+def test_fine_granularity_gates_a_transformers_attention_and_feed_forward(family):
+    """granularity="fine" on a transformer: one gate per attention / feed-forward module, output caching. A
+    schedule that computes everything gives the pipeline's own images; a searched one skips only its units
+    (the probe sees them not run)."""
+    pipe, cal, extra = _setup(family)
+    den = denoiser_of(pipe)
+    graph = block_graph(den, "fine")
+    coarse = block_graph(den, "coarse")
+    assert len(graph.names) > len(coarse.names)
+    assert all(SUBLAYER.fullmatch(n.rsplit(".", 1)[1]) for n in graph.names)
+    assert all(any(n.startswith(b + ".") for b in coarse.names) for n in graph.names)
+    assert set(graph.modes.values()) == {"output"}
+    kw = dict(num_inference_steps=STEPS, guidance_scale=GUIDANCE, **extra)
+    reference = generate(pipe, cal, [0, 1], seed=5, **kw)
+    cfg = SearchConfig(ratio=0.5, num_inference_steps=STEPS, guidance_scale=GUIDANCE, iterations=3, batch=1,
+                       granularity="fine")
+    result = Search(pipe, cfg, calibration=cal, call_kwargs=extra).run(progress=False)
+    schedule = dipgo.schedule_at_ratio(result, 0.5)
+    assert schedule.blocks == graph.names and schedule.macs < schedule.macs_full
+    everything = dataclasses.replace(schedule, steps=[list(graph.names)] * len(schedule.steps))
+    out = {}
+    for name, sched in (("everything", everything), ("pruned", schedule)):
+        args, kwargs = capture_denoiser_call(pipe, cal, **extra)
+        probe = ExecutionProbe(den, resolve_blocks(den, graph.names), args, kwargs)
+        dipgo.apply(pipe, sched)
+        try:
+            out[name] = generate(pipe, cal, [0, 1], seed=5, **kw)
+        finally:
+            dipgo.remove(pipe)
+            ran = probe.mask()
+            probe.remove()
+    torch.testing.assert_close(out["everything"], reference, atol=2e-5, rtol=0)
+    torch.testing.assert_close(ran, schedule.mask())
+    assert torch.isfinite(out["pruned"]).all() and not torch.equal(out["pruned"], reference)
 
 
 def test_search_psnr_in_history_and_bad_calibration():

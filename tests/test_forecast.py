@@ -3,6 +3,7 @@ polynomial in the call index, the search and the pipeline with a forecast, and o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from helpers import generate_digits
 from torch import nn
 
-from dipgo.cache.hooks.forecast import forecast, push, weights
+from dipgo.cache.hooks.forecast import forecast, push, taylor_weights, weights
 from dipgo.cache.postprocess import with_forecast
 from dipgo.cache.runtime import attach, detach
 from dipgo.cache.schedule import Schedule, ScheduleError
@@ -33,9 +34,35 @@ def test_forecast_orders_on_values_tuples_and_none():
     for c in (0, 1, 2, 3):
         h = push(h, c, (torch.tensor(float(c * c)), None), 2)
     assert len(h) == 3 and [c for c, _ in h] == [1, 2, 3]
-    value, none = forecast(h, 5, 2)
-    assert none is None and value.item() == pytest.approx(25.0)
+    value, none = forecast(h, 5, 2, "polynomial")
+    assert none is None and value.item() == pytest.approx(25.0)  # the parabola through 1, 4, 9
+    value, _ = forecast(h, 5, 2)  # Taylor: 9 + 5 * 2 + (5 - 3) * 2 ** 2 / 2
+    assert value.item() == pytest.approx(23.0)
     assert forecast(((1, torch.tensor(2.0)), (1, torch.tensor(3.0))), 4, 1).item() == 3.0  # a re-run call
+
+
+
+@pytest.mark.parametrize("calls", [[0, 1, 2], [2, 5, 6], [1, 4, 9]])
+def test_the_taylor_form_is_diffusers_taylorseer_prediction(calls):
+    """Fed the same values at the same steps, diffusers' own TaylorSeer state predicts what the Taylor form
+    does, at order 1 and 2 and at several gaps, uneven spacing included."""
+    from diffusers.hooks.taylorseer_cache import TaylorSeerState
+
+    g = torch.Generator().manual_seed(sum(calls))
+    values = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in calls]
+    for order in (1, 2):
+        state = TaylorSeerState(taylor_factors_dtype=torch.float64, max_order=order)
+        for c, v in zip(calls, values, strict=True):
+            state.current_step = c
+            state.update((v,))
+        history = tuple(zip(calls, values, strict=True))
+        for at in (calls[-1] + 1, calls[-1] + 3):
+            state.current_step = at
+            torch.testing.assert_close(forecast(history, at, order), state.predict()[0])
+    line = taylor_weights(calls[-2:], calls[-1] + 2)
+    assert line == pytest.approx(weights(calls[-2:], calls[-1] + 2))  # the two forms share their line
+    assert sum(taylor_weights(calls, calls[-1] + 2)) == pytest.approx(1.0)
+    assert taylor_weights(calls, calls[-1] + 2) != pytest.approx(weights(calls, calls[-1] + 2))
 
 
 class Affine(nn.Module):
@@ -212,3 +239,74 @@ def test_a_forecasting_schedule_is_version_2_and_an_older_reader_refuses_it_by_v
     path.write_text(json.dumps(data))
     with pytest.raises(ScheduleError, match="version-1 schedule has forecast_order=1"):
         Schedule.load(path)
+
+
+def test_a_taylor_order_2_schedule_is_version_3_and_a_version_2_file_keeps_its_polynomial(tmp_path):
+    """The Taylor form of order 2 is written as version 3, which a dipgo that only knows the polynomial form
+    refuses by version; an order-2 version-2 file loads as the polynomial it was made with, and applies it."""
+    from dipgo.cache import schedule as sched
+
+    steps = [["a", "b"], ["a", "b"], ["a", "b"], [], []]
+    taylor = _schedule(steps, 2)
+    assert taylor.forecast_form == "taylor"
+    path = taylor.save(tmp_path / "t.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == 3 and data["forecast_form"] == "taylor"
+    assert Schedule.load(path).to_dict() == data
+    try:
+        sched.READ_VERSIONS, saved = (1, 2), sched.READ_VERSIONS
+        with pytest.raises(ScheduleError, match="version 3 is not supported .*upgrade dipgo"):
+            Schedule.load(path)
+    finally:
+        sched.READ_VERSIONS = saved
+    line = _schedule(steps, 1).to_dict()
+    assert line["version"] == 2 and "forecast_form" not in line  # one line in either form: unchanged files
+    data.update(version=2)
+    data.pop("forecast_form")
+    path.write_text(json.dumps(data))
+    poly = Schedule.load(path)
+    assert poly.forecast_form == "polynomial" and poly.to_dict()["version"] == 2
+    model = Affine().requires_grad_(False)
+
+    def loop():  # s quadratic in the call index: the blocks' outputs are parabolas, which order 2 can hold
+        x, outs = torch.zeros(1, 4), []
+        for i in range(5):
+            x = model(x, (0.5 * i + 1.0) ** 2)
+            outs.append(x)
+        return outs
+
+    full, outs = loop(), {}
+    for name, s in (("taylor", taylor), ("polynomial", poly)):
+        attach(model, {"a": model.a, "b": model.b}, {}, schedule=s)
+        try:
+            outs[name] = loop()
+        finally:
+            detach(model)
+    torch.testing.assert_close(outs["polynomial"][4], full[4])      # the parabola through calls 0-2 is exact
+    assert not torch.allclose(outs["taylor"][4], full[4], atol=1e-3)  # the truncated series is not
+    with pytest.raises(ScheduleError, match="forecast_form must be one of"):
+        dataclasses.replace(taylor, forecast_form="spline")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("form", ["taylor", "polynomial"])
+def test_forecast_equals_its_weighted_sum_leaves_history_alone_and_passes_gradients(order, dtype, form):
+    """The fused forms (one lerp for a line, in-place accumulation for a parabola) compute the plain
+    weighted sum, never write into the cached values, and keep the forecast differentiable (the search
+    runs with it in the loop)."""
+    g = torch.Generator().manual_seed(order)
+    values = [torch.randn(3, 5, generator=g).to(dtype).requires_grad_() for _ in range(order + 1)]
+    calls = [1, 3, 4][-(order + 1):]
+    history = tuple(zip(calls, values, strict=True))
+    before = [v.detach().clone() for v in values]
+    out = forecast(history, 7, order, form)
+    ws = (taylor_weights if form == "taylor" else weights)(calls, 7)
+    expected = sum(w * v.detach().double() for w, v in zip(ws, values, strict=True))
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    assert out.dtype == dtype
+    assert torch.allclose(out.detach().double(), expected, atol=tol * 10, rtol=tol)
+    assert all(torch.equal(v.detach(), b) for v, b in zip(values, before, strict=True))
+    out.sum().backward()
+    for w, v in zip(ws, values, strict=True):
+        assert torch.allclose(v.grad.double(), torch.full((3, 5), w, dtype=torch.float64), rtol=tol, atol=tol)

@@ -118,7 +118,8 @@ def test_weights_and_forecast_extrapolate_exactly():
     assert forecast(line, 5, 1).item() == pytest.approx(10.0)
     assert forecast(line, 5, 0).item() == 6.0
     parabola = tuple((c, torch.tensor(float(c * c))) for c in (1, 2, 3))
-    assert forecast(parabola, 5, 2).item() == pytest.approx(25.0)
+    assert forecast(parabola, 5, 2, "polynomial").item() == pytest.approx(25.0)
+    assert forecast(parabola, 5, 2).item() == pytest.approx(23.0)  # Taylor: 9 + 5 * 2 + 2 * 2 ** 2 / 2
     assert forecast(parabola, 5, 1).item() == pytest.approx(19.0)  # the line through calls 2 and 3
 
 
@@ -509,7 +510,7 @@ def test_summary_draws_each_block_and_the_macs_and_the_pipeline_record():
 def test_summary_without_costs_or_record_and_with_a_forecast():
     s = _schedule([NAMES, ["b2"]], order=2, meta={"pipeline": {"candidates": "not a dict"}})
     lines = s.summary().splitlines()
-    assert lines[0].endswith("reused from cache (forecast through the last 3 computed values)")
+    assert lines[0].endswith("reused from cache (forecast through the last 3 computed values, taylor form)")
     assert lines[-1] == "1 full calls, 0 calls reuse every block"
     rec = {"candidates": {"a": 1.0}}
     tail = _schedule([NAMES], meta={"pipeline": rec}).summary().splitlines()[-3:]

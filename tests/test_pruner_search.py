@@ -94,7 +94,9 @@ def test_reference_pool_gives_the_fresh_references_and_resumes_exactly(sd_pipe, 
         fresh = search._sample(att.state, conditions[3:5], seeds[3:5])
     finally:
         detach(search.denoiser)
-    torch.testing.assert_close(images[3:5], fresh, atol=1e-5, rtol=0)
+    # the pool samples 5 at once and this 2: batched matmuls round differently (a few 1e-5); another seed or
+    # condition differs by 1e-1 and more
+    torch.testing.assert_close(images[3:5], fresh, atol=5e-5, rtol=0)
 
     whole = Search(sd_pipe, cfg).run(progress=False)
 

@@ -472,8 +472,8 @@ def _prune_parser(sub) -> None:
     prune.add_argument("--evaluations", "--refine", dest="evaluations", type=types.RUNS, default=None, metavar="N",
                        help="held-out sampling runs for selection and refinement (default: the effort's)")
     prune.add_argument("--forecast", default="auto", choices=("auto", "0", "1", "2"),
-                       help="what a skipped block returns: its last value (0), or a line (1) or parabola (2) "
-                       "through its last computed values; auto: chosen on held-out images")
+                       help="what a skipped block returns: its last value (0), or a first- (1) or second-order "
+                       "(2) Taylor forecast from its last computed values; auto: chosen on held-out images")
     prune.add_argument("--held-out", type=types.RUNS, default=None, metavar="N",
                        help="images per held-out sampling run (default: the effort's)")
     prune.add_argument("--batch", type=types.BATCH, default=None, help="images per search iteration (default: the "
@@ -484,7 +484,8 @@ def _prune_parser(sub) -> None:
                        help="consistency loss of the search (default ssim: 1 - SSIM)")
     prune.add_argument("--guidance", type=types.GUIDANCE, default=None, help="CFG scale (default: the model card's)")
     prune.add_argument("--granularity", default=None, choices=("coarse", "fine"),
-                       help="coarse (whole UNet blocks, default) or fine (resnets, attentions, resamplers)")
+                       help="coarse (whole blocks, default) or fine (a UNet's resnets, attentions and resamplers; a "
+                       "transformer's attention and feed-forward modules)")
     prune.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
                        help="recompute each call in backward: about half the memory for about 1.5x the time "
                        "(auto: on for denoisers over 100M parameters)")

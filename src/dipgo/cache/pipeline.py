@@ -242,7 +242,8 @@ def remove_checkpoints(checkpoint) -> None:
 
 def _record_of(checkpoint, result: SearchResult, config: PruneConfig, progress: bool) -> HeldOutRecord:
     rc = config.refine_config()
-    fingerprint = {"model": result.meta, "n": rc.n, "seed": HELD_OUT_SEED, "guidance_scale": config.guidance_scale}
+    fingerprint = {"model": result.meta, "n": rc.n, "seed": HELD_OUT_SEED, "guidance_scale": config.guidance_scale,
+                   "forecast_form": "taylor"}
     record = HeldOutRecord(record_path(checkpoint), fingerprint)
     if record.resumed and progress and world().main:
         print(f"resuming selection and refinement: {record.resumed} held-out values from {record.path}")

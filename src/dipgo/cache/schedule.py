@@ -29,10 +29,14 @@ SCHEMA_VERSION = 1
 # Version 2 marks a schedule whose reused blocks are forecast, so that a dipgo without forecasting refuses it by
 # its version rather than by a field it does not know. Schedules without a forecast stay version 1.
 FORECAST_VERSION = 2
-READ_VERSIONS = (SCHEMA_VERSION, FORECAST_VERSION)
+# Version 3 marks an order-2 forecast in the Taylor form, so that a dipgo that only knows the polynomial form
+# refuses it by its version. Version-2 files are polynomial forecasts; orders 0 and 1 keep their versions.
+TAYLOR_VERSION = 3
+READ_VERSIONS = (SCHEMA_VERSION, FORECAST_VERSION, TAYLOR_VERSION)
 FORECAST_ORDERS = (0, 1, 2)
+FORECAST_FORMS = ("taylor", "polynomial")
 # Fields added after the first version-1 files were written: a file without one means its default.
-LATER_FIELDS = ("forecast_order",)
+LATER_FIELDS = ("forecast_order", "forecast_form")
 
 
 def _pipeline_lines(rec: dict | None) -> list[str]:
@@ -99,10 +103,15 @@ class Schedule:
     meta: dict = field(default_factory=dict)
     version: int = SCHEMA_VERSION
     # How a reused block's value is formed from its last computed ones: 0 reuses the last one (DiP-GO's
-    # backup connection); 1 and 2 extrapolate a line or a parabola through the last 2 or 3, in call index.
+    # backup connection); 1 and 2 extrapolate from the last 2 or 3, in call index, in ``forecast_form``: a
+    # Taylor series (TaylorSeer's) or the polynomial through them. The two differ only at order 2, so a
+    # schedule of a lower order always says "taylor".
     forecast_order: int = 0
+    forecast_form: str = "taylor"
 
     def __post_init__(self):
+        if self.forecast_order in (0, 1) and self.forecast_form in FORECAST_FORMS:
+            self.forecast_form = "taylor"
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -130,6 +139,8 @@ class Schedule:
         _require(isinstance(self.meta, dict), "meta", "a dict", self.meta)
         if isinstance(self.forecast_order, bool) or self.forecast_order not in FORECAST_ORDERS:
             raise ScheduleError(f"forecast_order must be one of {FORECAST_ORDERS}, got {self.forecast_order!r}")
+        if self.forecast_form not in FORECAST_FORMS:
+            raise ScheduleError(f"forecast_form must be one of {FORECAST_FORMS}, got {_short(self.forecast_form)}")
         _require(isinstance(self.cache_modes, dict) and all(isinstance(m, str) for m in self.cache_modes.values()),
                  "cache_modes", "a dict from block name to cache mode", self.cache_modes)
         unknown = sorted(set(self.cache_modes) - set(self.blocks), key=str)
@@ -279,7 +290,8 @@ class Schedule:
         lines = [f"{self.model_class}, {self.scheduler} {self.num_inference_steps} steps, "
                  f"{self.num_calls} calls; # computed, . reused from cache"
                  + ("" if not self.forecast_order else
-                    f" (forecast through the last {self.forecast_order + 1} computed values)")]
+                    f" (forecast through the last {self.forecast_order + 1} computed values"
+                    + (f", {self.forecast_form} form)" if self.forecast_order == 2 else ")"))]
         for b in self.blocks:
             row = "".join("#" if self.computes(i, b) else "." for i in range(self.num_calls))
             lines.append(f"{b:>{width}} {row}")
@@ -296,7 +308,10 @@ class Schedule:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("_cached_sets", None)
-        d["version"] = FORECAST_VERSION if self.forecast_order else SCHEMA_VERSION
+        d["version"] = (TAYLOR_VERSION if self.forecast_order == 2 and self.forecast_form == "taylor"
+                        else FORECAST_VERSION if self.forecast_order else SCHEMA_VERSION)
+        if d["version"] != TAYLOR_VERSION:
+            d.pop("forecast_form")  # implied by the version: an older dipgo reads the file as it always did
         return {"format": "dipgo-schedule", **d}
 
     @classmethod
@@ -311,6 +326,8 @@ class Schedule:
             raise ScheduleError(f"a version-1 schedule has forecast_order={d.get('forecast_order')!r}, which version "
                                 f"{FORECAST_VERSION} files hold; re-run 'dipgo prune'")
         fields = {k: v for k, v in d.items() if k != "format"}
+        if version != TAYLOR_VERSION:
+            fields.setdefault("forecast_form", "polynomial")  # versions 1 and 2 predate the Taylor form
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(fields) - set(LATER_FIELDS))
         unexpected = sorted(set(fields) - names)

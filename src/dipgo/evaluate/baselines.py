@@ -149,10 +149,15 @@ def deepcache_units(graph: BlockGraph, model: torch.nn.Module, branch: int) -> s
     return keep
 
 
+def deepcache_graph(denoiser) -> BlockGraph:
+    """DeepCache's units: a UNet's fine graph (resnets, attentions, resamplers); a transformer's blocks (FORA)."""
+    return block_graph(denoiser, "fine" if hasattr(denoiser, "up_blocks") else "coarse")
+
+
 def fine_profile(pipe):
-    """MACs of one denoiser call split over the fine graph's units (DeepCache's accounting)."""
+    """MACs of one denoiser call split over DeepCache's units (its accounting)."""
     denoiser = denoiser_of(pipe)
-    graph = block_graph(denoiser, "fine")
+    graph = deepcache_graph(denoiser)
     args, kwargs = capture_denoiser_call(pipe)
     return profile_denoiser(denoiser, resolve_blocks(denoiser, graph.names), args, kwargs)
 
@@ -186,7 +191,7 @@ class DeepCache:
         """``profile``: the fine graph's cost profile, when the caller binds many intervals (it is the
         same for all of them and costs a traced, counted denoiser call)."""
         denoiser = denoiser_of(pipe)
-        graph = block_graph(denoiser, "fine")
+        graph = deepcache_graph(denoiser)
         if num_calls(pipe, num_inference_steps) != num_inference_steps:
             raise DipgoError(f"{type(pipe.scheduler).__name__} calls the model more than once per step; "
                              "DeepCache here assumes one call per step (use DDIM, DPM-Solver++ or Euler)")

@@ -98,7 +98,8 @@ class Evaluator:
         self.device = next(denoiser.parameters()).device
         fine = "fine" if hasattr(denoiser, "up_blocks") else "coarse"  # finest graph: any block skip shows
         self._call = capture_denoiser_call(pipe, self.calibration)
-        self.profile, self.probe = self._probe(block_graph(denoiser, fine).names)
+        self.units = block_graph(denoiser, fine).names
+        self.profile, self.probe = self._probe(self.units)
         self.cfg = 2 if guidance_scale > 1 else 1
 
     def _probe(self, names: list[str]) -> tuple[CostProfile, ExecutionProbe]:
@@ -114,6 +115,13 @@ class Evaluator:
         kept = [m for n, m in zip(profile.blocks, profile.block_macs, strict=True) if n not in free]
         return CostProfile(list(blocks), kept, profile.call_macs), ExecutionProbe(denoiser, blocks, args, kwargs)
 
+    def _finer_units(self, applied) -> list[str] | None:
+        """A schedule's blocks where they lie inside the probe's units (a transformer's fine granularity:
+        attention and feed-forward modules inside its blocks), so that a skipped module shows."""
+        blocks = getattr(getattr(applied, "schedule", None), "blocks", None) or []
+        inside = any(b.startswith(u + ".") for b in blocks for u in self.units)
+        return list(blocks) if inside else None
+
     def close(self) -> None:
         self.probe.remove()
 
@@ -128,7 +136,7 @@ class Evaluator:
         seed = self.seed if seed is None else seed
         conditions = self.calibration.cycle(n)
         mine = self.world.shard(n)  # this process's images (all of them in one process)
-        units = getattr(applied, "probe_units", None)  # a method that skips modules inside the blocks
+        units = getattr(applied, "probe_units", None) or self._finer_units(applied)
         profile, probe = self._probe(units) if units else (self.profile, self.probe)
         applied.enable()
         try:

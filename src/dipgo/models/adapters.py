@@ -18,6 +18,7 @@ An adapter returns a :class:`BlockGraph`:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -172,10 +173,26 @@ def _residual_mode(block: torch.nn.Module) -> str:
     return HIDDEN_FIRST_MODE if name in HIDDEN_FIRST_BLOCKS else "residual"
 
 
+# The sub-layers a transformer block adds to its residual stream: attention and feed-forward modules.
+SUBLAYER = re.compile(r"attn\d*|ff(?:_context)?")
+
+
 def transformer_graph(model: torch.nn.Module, granularity: str, lists: tuple[str, ...] = ("transformer_blocks",)
                       ) -> BlockGraph:
-    """One gate per transformer block (DiT, PixArt, SD3, Flux, CogVideoX...), residual caching, no cascade."""
-    modes = {f"{attr}.{i}": _residual_mode(b) for attr in lists for i, b in enumerate(getattr(model, attr))}
+    """DiT, PixArt, SD3, Flux, CogVideoX...: no cascade, every gated unit read by the rest of the model.
+
+    ``coarse``: one gate per transformer block, residual caching. ``fine``: one gate per attention and
+    feed-forward module inside each block, output caching (TaylorSeer's units): a reused module returns its
+    cached or forecast output, while the block's norms, modulation and residual additions run on the fresh
+    hidden state. A block without such modules keeps one gate."""
+    modes = {}
+    for attr in lists:
+        for i, block in enumerate(getattr(model, attr)):
+            subs = [n for n, _ in block.named_children() if SUBLAYER.fullmatch(n)] if granularity == "fine" else []
+            if subs:
+                modes.update({f"{attr}.{i}.{n}": "output" for n in subs})
+            else:
+                modes[f"{attr}.{i}"] = _residual_mode(block)
     return BlockGraph(list(modes), modes=modes, always_needed=set(modes))
 
 

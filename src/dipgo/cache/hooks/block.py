@@ -33,6 +33,7 @@ class BlockHook(ModelHook):
     _is_stateful = True
     branches = 1  # calls per step that keep separate caches
     order = 0     # forecast order of a reused value (see ``forecast``)
+    form = "taylor"  # and its form
 
     def __init__(self, name: str, index: int, state: RunState, mode: str = "output"):
         super().__init__()
@@ -65,7 +66,7 @@ class BlockHook(ModelHook):
 
     def recall(self, history: History, call: int):
         """The cached value a reuse at ``call`` returns: the newest one, or its forecast."""
-        return forecast(history, call, self.order)
+        return forecast(history, call, self.order, self.form)
 
     @property
     def residual(self) -> bool:

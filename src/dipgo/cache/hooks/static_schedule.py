@@ -51,6 +51,7 @@ class ScheduleHook(BlockHook):
                  branches: int = 1, start: GenerationStart | None = None):
         super().__init__(name, index, state, mode)
         self.schedule, self.branches, self.order = schedule, branches, schedule.forecast_order
+        self.form = schedule.forecast_form
         self.start = start
 
     def computes(self, call: int) -> bool:
