@@ -36,8 +36,9 @@ SCHEDULERS = {None: "DDIM", "ddim": "DDIM", "pndm": "PLMS", "dpm++": "DPM++", "e
 # Benchmark folders in page order; any other bench-*/bench.json follows them, titled by its folder name.
 BENCHES = {
     "bench-forecast": "dipgo with forecasting against the alternatives",
-    "bench": "dipgo prune at its default effort",
-    "bench-ddim50": "dipgo prune at its default effort, DDIM-50, 6x",
+    "bench": "dipgo prune at its default effort, mnist-sd",
+    "bench-dit": "dipgo prune at its default effort, mnist-dit",
+    "bench-ddim50": "dipgo prune at its default effort, mnist-sd, DDIM-50, 6x",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",
