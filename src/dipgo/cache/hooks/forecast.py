@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 History = tuple[tuple[int, Any], ...]  # ((call, value), ...), oldest first
-FORMS = ("taylor", "polynomial")
 
 
 def push(history: History | None, call: int, value, order: int) -> History:
