@@ -48,6 +48,19 @@ def test_frechet_distance_known_values():
     assert math.isclose(frechet_distance(mu, sigma, mu + 2.0, sigma), 8 * 4.0, rel_tol=1e-6)
 
 
+def test_frechet_distance_matches_the_general_matrix_square_root():
+    """The eigen form equals Tr((S1 S2)^(1/2)) from scipy's sqrtm, also with fewer samples than features."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    for n in (200, 20):  # 20 samples of 40 features: both covariances singular
+        a, b = rng.normal(size=(n, 40)), rng.normal(size=(n, 40)) @ rng.normal(size=(40, 40)) * 0.3 + 0.1
+        (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+        root = linalg.sqrtm(s1 @ s2).real
+        expected = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+        assert math.isclose(frechet_distance(mu1, s1, mu2, s2), expected, rel_tol=1e-6), n
+
+
 def test_fid_of_a_set_against_itself_is_about_zero():
     images, _ = load_mnist()
     x = (images[:24] + 1) / 2
