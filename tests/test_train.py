@@ -17,7 +17,7 @@ def run(*args, cwd=ROOT):
 
 def test_vae_resume_and_dit_export(tmp_path):
     ck, straight = tmp_path / "ck", tmp_path / "straight"
-    vae = ("vae", "--batch", "4", "--ckpt-every", "1")
+    vae = ("vae", "--batch", "4", "--ckpt-every", "1", "--eval-images", "200")
     run(*vae, "--steps", "2", "--ckpt-dir", str(ck))  # a run that stopped after step 2
     first = torch.load(ck / "vae.pt", weights_only=True)
     assert first["step"] == 2

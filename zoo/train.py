@@ -163,13 +163,14 @@ def train_vae(args) -> None:
     # SD's convention: scale latents to unit variance so the diffusion model sees N(0, 1)-sized inputs.
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(images[i:i + 500]).latent_dist.mean for i in range(0, 5000, 500)])
+        shown = images[:args.eval_images]
+        means = torch.cat([vae.encode(shown[i:i + 500]).latent_dist.mean for i in range(0, len(shown), 500)])
     scaling = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(ckpt / "vae-final")
     with torch.no_grad():
-        rec = torch.cat([vae.decode(means[i:i + 500]).sample for i in range(0, 5000, 500)])
-    mse = F.mse_loss(rec.clamp(-1, 1), images).item()
+        rec = torch.cat([vae.decode(means[i:i + 500]).sample for i in range(0, len(means), 500)])
+    mse = F.mse_loss(rec.clamp(-1, 1), shown).item()
     psnr = 10 * math.log10(4.0 / mse)
     info = {"steps": args.steps, "scaling_factor": scaling, "recon_psnr_db": psnr,
             "train_seconds": time.time() - t0}
@@ -284,10 +285,14 @@ def main() -> None:
     p.add_argument("--cfg-drop", type=float, default=0.1)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-images", type=int, default=5000,
+                   help="images the VAE's latent scale and reconstruction PSNR are measured on (default all 5,000)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ckpt-dir", default=str(CKPT), help="checkpoints and the trained VAE (default zoo/checkpoints)")
     p.add_argument("--out", default=None, help="output folder (default zoo/mnist-<stage>)")
     args = p.parse_args()
+    if not 2 <= args.eval_images <= 5000:
+        p.error(f"--eval-images must be between 2 and 5000 (the MNIST subset's size), got {args.eval_images}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.stage == "vae":
