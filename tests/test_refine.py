@@ -11,7 +11,7 @@ from families import tiny_dit, tiny_sd
 
 from dipgo.cache.apply import apply, remove
 from dipgo.cache.postprocess import pruned_ratio
-from dipgo.cache.refine import RefineConfig, interval_mask, refine
+from dipgo.cache.refine import RefineConfig, _best_candidate, _measure_starts, interval_mask, refine
 from dipgo.cache.search import Search, SearchConfig
 from dipgo.errors import DipgoError
 from dipgo.models.pipelines import default_calibration, generate
@@ -86,3 +86,36 @@ def test_the_searched_start_does_not_change_how_the_simple_starts_are_measured()
     simple = refine(pipe, result, 0.6, cal, cfg, progress=False, simple_only=True)
     assert "search" in both.starts and "search" not in simple.starts
     assert {k: v for k, v in both.starts.items() if not k.startswith("search")} == simple.starts
+
+
+class _OrderScore:
+    """A held-out score on which every computed gate helps reuse (order 0) and hurts a forecast (order 2)."""
+
+    def __init__(self):
+        self.order, self.evaluations, self.budget = 0, 0, 200
+
+    @property
+    def left(self) -> int:
+        return self.budget - self.evaluations
+
+    def __call__(self, mask):
+        self.evaluations += 1
+        return 10.0 + float(mask.sum()) if self.order == 0 else 100.0 - float(mask.sum())
+
+
+def test_slack_is_spent_at_the_order_a_candidate_is_measured_at():
+    """A gate added because it helps a reused block is not kept for a forecast it makes worse: the forecast
+    candidate keeps the ungrown start, and the winner's slack is spent again at its own order."""
+    _, result = _searched("dit")
+    calls, blocks = result.scores.shape
+    start = interval_mask(calls, blocks, 2)
+    ratio = pruned_ratio(start, result.profile) - 0.2  # room for several more gates
+    cfg = RefineConfig(n=1, repair_candidates=4, orders=(0, 2))
+    score = _OrderScore()
+    fits = lambda m: pruned_ratio(m, result.profile) >= ratio - cfg.tol  # noqa: E731
+    cands = _measure_starts({"every 2": start.clone()}, fits, ratio, score, cfg, result)
+    grown, reuse_value = cands["every 2", 0]
+    assert grown.sum() > start.sum() and reuse_value == 10.0 + float(grown.sum())
+    assert torch.equal(cands["every 2", 2][0], start) and cands["every 2", 2][1] == 100.0 - float(start.sum())
+    name, mask, value = _best_candidate(cands, ratio, score, cfg, result)
+    assert (name, score.order) == ("every 2", 2) and torch.equal(mask, start)  # no gate helps the forecast

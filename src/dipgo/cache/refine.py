@@ -233,25 +233,46 @@ def _simple_starts(calls: int, blocks: int, graph, profile, floor: float) -> dic
     return out
 
 
+Candidates = dict[tuple[str, int], tuple[torch.Tensor, float]]  # (start, order) -> (mask, held-out PSNR)
+
+
 def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result) -> dict[tuple[str, int], float]:
-    """Repair every start to the budget (or spend its slack) at the first forecast order, then measure its
-    held-out PSNR at every order: one value per (start, order); updates ``starts``. Each start draws from its
-    own random stream, in the order given, so a start measured last (the search's) cannot change how the ones
-    before it are repaired."""
-    values: dict[tuple[str, int], float] = {}
+                    result) -> Candidates:
+    """Every (start, forecast order) candidate with its held-out PSNR. Each start is repaired to the budget and
+    its slack spent (:func:`_grow`) at the first order; at the other orders the better of the grown and the
+    ungrown mask is kept, because a gate that helps a reused block can hurt a forecast one (an extra computed
+    value between evenly spaced ones shortens the differences a forecast extrapolates). Each start draws from
+    its own random stream, in the order given, so a start measured last (the search's) cannot change how the
+    ones before it are repaired."""
+    out: Candidates = {}
     first, *others = cfg.orders
-    for name, mask in list(starts.items()):
+    for name, mask in starts.items():
         rng = random.Random(f"{cfg.seed}/{name}")
         score.order = first
         if not fits(mask):
             mask = _repair(mask, ratio, score, cfg, result, rng)
         value = score(mask)
-        starts[name], values[name, first] = _grow(mask, value, ratio, score, cfg, result, rng)
+        grown, value = _grow(mask, value, ratio, score, cfg, result, rng)
+        out[name, first] = (grown, value)
         for order in others:
             score.order = order
-            values[name, order] = score(starts[name])
-    return values
+            tried = [(score(grown), grown)]
+            if score.left > 0 and not torch.equal(grown, mask):
+                tried.append((score(mask), mask))
+            value, best = max(tried, key=lambda t: t[0])
+            out[name, order] = (best, value)
+    return out
+
+
+def _best_candidate(candidates: Candidates, ratio: float, score: Scorer, cfg: RefineConfig,
+                    result) -> tuple[str, torch.Tensor, float]:
+    """The (start, order) pair with the highest held-out PSNR (a tie goes to the search, then the lower order),
+    its slack spent again at its own order; sets ``score.order`` to that order."""
+    name, score.order = max(candidates, key=lambda k: (candidates[k][1], k[0] == "search", -k[1]))
+    mask, value = candidates[name, score.order]
+    if score.order != cfg.orders[0]:
+        mask, value = _grow(mask, value, ratio, score, cfg, result, random.Random(f"{cfg.seed}/{name}/grow"))
+    return name, mask, value
 
 
 def start_label(name: str, order: int) -> str:
@@ -328,14 +349,14 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
         starts = _simple_starts(*result.scores.shape, graph, profile, ratio - cfg.tol)
         if not simple_only:  # measured last: the simple starts come out the same with or without it
             starts["search"] = schedule_at_ratio(result, ratio, cfg.tol).mask()
-        values = _measure_starts(starts, fits, ratio, score, cfg, result)
-        (start, score.order) = max(values, key=lambda k: (values[k], k[0] == "search", -k[1]))
-        history = [values[start, score.order]]
-        best, value = _sweep(starts[start], history[0], fits, score, graph, history)
+        candidates = _measure_starts(starts, fits, ratio, score, cfg, result)
+        start, best, value = _best_candidate(candidates, ratio, score, cfg, result)
+        history = [value]
+        best, value = _sweep(best, value, fits, score, graph, history)
         best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
     finally:
         score.bar.close()
-    labels = {start_label(*k): v for k, v in values.items()}
+    labels = {start_label(*k): v for k, (_, v) in candidates.items()}
     won = start_label(start, score.order)
     schedule = score.schedule(best, meta={"method": "dipgo refined", "refine": {
         "start": won, "held_out_psnr": round(value, 3), "starts": {k: round(v, 3) for k, v in labels.items()},
