@@ -35,7 +35,7 @@ from ..cache.postprocess import schedule_from_mask
 from ..cache.runtime import Policy, attach, detach
 from ..cache.schedule import Schedule, config_hash
 from ..errors import DipgoError
-from ..models.adapters import BlockGraph, block_graph, resolve_blocks
+from ..models.adapters import BlockGraph, block_graph, is_unet, resolve_blocks
 from ..models.costs import profile_denoiser
 from ..models.pipelines import capture_denoiser_call, denoiser_of, num_calls
 from .applied import Applied
@@ -127,7 +127,7 @@ def deepcache_units(graph: BlockGraph, model: torch.nn.Module, branch: int) -> s
     come from the cache. For transformer-block models (no U shape) our adaptation computes the first
     ``branch`` blocks and reuses the residuals of the others (``branch=0`` is FORA-style caching).
     """
-    if not hasattr(model, "up_blocks"):
+    if not is_unet(model):
         return set(graph.names[:branch])
     layer, block = branch % 3, branch // 3
     n_up = len(model.up_blocks)
@@ -151,7 +151,7 @@ def deepcache_units(graph: BlockGraph, model: torch.nn.Module, branch: int) -> s
 
 def deepcache_graph(denoiser) -> BlockGraph:
     """DeepCache's units: a UNet's fine graph (resnets, attentions, resamplers); a transformer's blocks (FORA)."""
-    return block_graph(denoiser, "fine" if hasattr(denoiser, "up_blocks") else "coarse")
+    return block_graph(denoiser, "fine" if is_unet(denoiser) else "coarse")
 
 
 def fine_profile(pipe):

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DipgoError
-from ..models.adapters import block_graph
+from ..models.adapters import block_graph, is_unet
 from ..models.calibration import Calibration
 from ..models.pipelines import default_calibration, denoiser_of, generate, num_calls
 from .applied import Applied
@@ -184,10 +184,6 @@ class AppliedHooks(Applied):
             self.tracker.reset()
 
 
-def _is_unet(denoiser: torch.nn.Module) -> bool:
-    return hasattr(denoiser, "up_blocks")
-
-
 def block_stack_reason(denoiser: torch.nn.Module, method: str) -> str | None:
     """Why diffusers' MagCache/SeaCache cannot hook ``denoiser`` (None when they can)."""
     from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS as stack_names
@@ -197,7 +193,7 @@ def block_stack_reason(denoiser: torch.nn.Module, method: str) -> str | None:
               if n in stack_names and isinstance(m, torch.nn.ModuleList) and len(m)]
     if not stacks:
         unet = (" (a UNet's blocks change resolution and pass skip connections: there is no such stack)"
-                if _is_unet(denoiser) else "")
+                if is_unet(denoiser) else "")
         return (f"{method} does not apply to {type(denoiser).__name__}: diffusers' {method} replaces a stack of "
                 f"transformer blocks, a ModuleList child named one of {sorted(stack_names)}, by a cached "
                 f"residual, and finds it by those names only{unet}")
@@ -221,7 +217,7 @@ def taylorseer_blocks(denoiser: torch.nn.Module) -> list[str]:
     """dipgo's blocks (a UNet's fine units), with a block that holds its own ``transformer_blocks`` (a UNet's
     attention module) replaced by them: diffusers' TaylorSeer predicts a one-element tuple output as a bare
     tensor, which such a module's caller cannot take."""
-    graph = block_graph(denoiser, "fine" if _is_unet(denoiser) else "coarse")
+    graph = block_graph(denoiser, "fine" if is_unet(denoiser) else "coarse")
     names = []
     for name in graph.names:
         inner = getattr(denoiser.get_submodule(name), "transformer_blocks", None)
@@ -251,7 +247,7 @@ class TaylorSeer:
 
     def modules(self, denoiser: torch.nn.Module) -> tuple[str, list[str]]:
         """(scope, the module names it predicts)."""
-        scope = self.scope if self.scope != "auto" else ("blocks" if _is_unet(denoiser) else "modules")
+        scope = self.scope if self.scope != "auto" else ("blocks" if is_unet(denoiser) else "modules")
         if scope == "blocks":
             return scope, taylorseer_blocks(denoiser)
         return scope, [n for n, _ in denoiser.named_modules() if _MODULES.fullmatch(n)]
@@ -515,7 +511,7 @@ class FasterCache:
         denoiser = denoiser_of(pipe)
         if not self.attention(denoiser):
             unet = (" and halves every positional tensor of a call, where StableDiffusionPipeline passes the "
-                    "timestep as a 0-d tensor" if _is_unet(denoiser) else "")
+                    "timestep as a 0-d tensor" if is_unet(denoiser) else "")
             return (f"FasterCache does not apply to {type(denoiser).__name__}: diffusers' FasterCache hooks "
                     "self-attention only under top-level transformer_blocks/blocks (names it fixes, not an option)"
                     f"{unet}")

@@ -80,6 +80,11 @@ def register_adapter(*class_names: str) -> Callable[[AdapterFn], AdapterFn]:
     return deco
 
 
+def is_unet(model: torch.nn.Module) -> bool:
+    """A UNet (down, mid and up blocks), as opposed to a stack of transformer blocks."""
+    return hasattr(model, "up_blocks")
+
+
 @register_adapter("UNet2DConditionModel", "UNet2DModel")
 def unet_graph(model: torch.nn.Module, granularity: str) -> BlockGraph:
     return unet_fine_graph(model) if granularity == "fine" else unet_coarse_graph(model)
