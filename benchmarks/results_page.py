@@ -204,6 +204,8 @@ def bench_section(results: Path, rel: str, title: str) -> list[str]:
     extra = ""
     if report.get("bracket_machine"):
         extra = f" Rows marked (bracket), measured afterwards: {machine(report['bracket_machine'])}."
+    if report.get("caveat"):
+        extra += f" {report['caveat']}"
     n, seed = cfg.get("n"), cfg.get("seed", 0)
     setup = [f"{n} images per point (seeds {seed}-{seed + n - 1}), batch {cfg.get('batch')}"]
     if cfg.get("refine"):
