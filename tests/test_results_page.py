@@ -81,3 +81,20 @@ def test_committed_page_is_reproduced(page):
 def test_committed_readme_table_is_reproduced(page):
     readme = (ROOT / "README.md").read_text()
     assert page.readme_with_table(readme, ROOT / "benchmarks" / "results") == readme, "run `make results`"
+
+
+def test_readme_table_joins_the_forecast_benches_and_a_caveat_is_printed(page, results: Path):
+    """The README table takes every bench of its first group that exists, one after the other; a report's caveat
+    (a run not clean for some column) is printed under its source."""
+    report = json.loads((results / "bench" / "bench.json").read_text())
+    for name, base in (("bench-forecast", 20), ("bench-forecast-ddim50", 50)):
+        for r in report["records"]:
+            r["base"] = base
+        report["config"]["bases"] = [base]
+        (results / name).mkdir()
+        (results / name / "bench.json").write_text(json.dumps(report))
+    report["caveat"] = "Not clean for wall clock."
+    (results / "bench-forecast-ddim50" / "bench.json").write_text(json.dumps(report))
+    lines = page.headline(results)
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["DDIM-20", "DDIM-50"]
+    assert "torch 2.13.0+cpu. Not clean for wall clock." in page.build_page(results)
