@@ -42,7 +42,7 @@ bench: $(STAMP)
 bench-forecast: $(STAMP)
 	$(DIPGO) bench mnist-dit mnist-sd --bases 20 --budgets 2,4,8 --effort quick --n 48 --batch 16 --methods "dipgo,fewer steps,DeepCache,FBCache,TaylorSeer,TaylorSeer order 2,MagCache,SeaCache" --out benchmarks/results/bench-forecast
 	$(PY) -m benchmarks.bench_pages benchmarks/results/bench-forecast
-	$(DIPGO) bench mnist-sd --bases 50 --budgets 2,4,8 --effort quick --n 48 --batch 16 --methods "dipgo,fewer steps,DeepCache,FBCache,TaylorSeer,TaylorSeer order 2,MagCache,SeaCache" --out benchmarks/results/bench-forecast-ddim50
+	$(DIPGO) bench mnist-dit mnist-sd --bases 50 --budgets 2,4,8 --effort quick --n 48 --batch 16 --methods "dipgo,fewer steps,DeepCache,FBCache,TaylorSeer,TaylorSeer order 2,MagCache,SeaCache" --out benchmarks/results/bench-forecast-ddim50
 	$(PY) -m benchmarks.bench_pages benchmarks/results/bench-forecast-ddim50
 	$(PY) -m benchmarks.forecast_cost
 	$(PY) -m benchmarks.forecast_form

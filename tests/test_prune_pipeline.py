@@ -31,6 +31,9 @@ def test_pipeline_records_every_candidate_and_keeps_the_best_on_held_out_images(
     assert "search" in rec["candidates"]
     assert any(k.startswith("uniform ") for k in rec["candidates"])
     assert any(k.startswith("every ") for k in rec["candidates"])
+    # a transformer's simple starts are measured in its module units too, at every order
+    fine = [k for k in rec["candidates"] if "(fine units)" in k]
+    assert fine and any(k.endswith("(fine units)") for k in fine) and any(k.endswith("order 2") for k in fine)
     assert rec["winner"] == max(out.candidates, key=out.candidates.get)
     assert out.psnr >= max(out.candidates.values()) - 1e-9  # refinement only accepts improvements
     assert rec["held_out"] == {"n": 2, "seed": HELD_OUT_SEED}

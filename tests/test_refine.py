@@ -10,8 +10,10 @@ import torch
 from families import tiny_dit, tiny_sd
 
 from dipgo.cache.apply import apply, remove
+from dipgo.cache.driver import PipelineSampler
+from dipgo.cache.pipeline import PruneConfig, alternatives
 from dipgo.cache.postprocess import pruned_ratio
-from dipgo.cache.refine import RefineConfig, _best_candidate, _measure_starts, interval_mask, refine
+from dipgo.cache.refine import RefineConfig, Scorer, _best_candidate, _measure_starts, interval_mask, refine
 from dipgo.cache.search import Search, SearchConfig
 from dipgo.errors import DipgoError
 from dipgo.models.pipelines import default_calibration, generate
@@ -119,3 +121,44 @@ def test_slack_is_spent_at_the_order_a_candidate_is_measured_at():
     assert torch.equal(cands["every 2", 2][0], start) and cands["every 2", 2][1] == 100.0 - float(start.sum())
     name, mask, value = _best_candidate(cands, ratio, score, cfg, result)
     assert (name, score.order) == ("every 2", 2) and torch.equal(mask, start)  # no gate helps the forecast
+
+
+def _sampler(pipe):
+    return PipelineSampler(pipe, default_calibration(pipe), 8, None)
+
+
+class _FineUnitsWin(Scorer):
+    """Held-out values on which any mask in the other units beats every mask in the search's own."""
+
+    def __call__(self, mask):
+        self.evaluations += 1
+        return 10.0 + float(mask.mean()) if self.result is self.primary else 50.0 - float(mask.mean())
+
+
+def test_a_start_in_the_other_units_can_win_and_the_schedule_is_in_its_units():
+    pipe, result = _searched("dit")
+    cal = default_calibration(pipe)
+    (alt,) = alternatives(_sampler(pipe), result, PruneConfig(ratio=0.5, num_inference_steps=8), None)
+    assert alt.config.granularity == "fine" and len(alt.graph.names) > len(result.graph.names)
+    assert all(n.rsplit(".", 1)[-1] in ("attn1", "ff") for n in alt.graph.names)
+    cfg = RefineConfig(evaluations=40, n=1, repair_candidates=2)
+    score = _FineUnitsWin(_sampler(pipe), result, 1, cfg.evaluations, False)
+    out = refine(pipe, result, 0.5, cal, cfg, progress=False, scorer=score, alternatives=(alt,))
+    assert "(fine units)" in out.start, out.starts
+    assert out.schedule.blocks == alt.graph.names  # the schedule speaks the winner's units
+    assert pruned_ratio(out.schedule.mask(), alt.profile) >= 0.5 - cfg.tol - 1e-6
+    with torch.no_grad():  # and it runs
+        apply(pipe, out.schedule)
+        try:
+            generate(pipe, cal, cal.cycle(1), seed=0, num_inference_steps=8, batch_size=1)
+        finally:
+            remove(pipe)
+
+
+def test_a_unet_or_pinned_units_get_no_alternative():
+    pipe, result = _searched("sd")
+    assert alternatives(_sampler(pipe), result, PruneConfig(ratio=0.5, num_inference_steps=8), None) == ()
+    pipe, result = _searched("dit")
+    pinned = PruneConfig(ratio=0.5, num_inference_steps=8, search={"granularity": "coarse"})
+    assert alternatives(_sampler(pipe), result, pinned, None) == ()
+    assert alternatives(_sampler(pipe), result, PruneConfig(ratio=0.5), list(result.graph.names)) == ()

@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..dist import world
 from ..errors import DipgoError
+from ..models.adapters import is_unet
 from ..models.similarity import psnr
 from .driver import FunctionSampler, PipelineSampler
 from .heldout import HELD_OUT_SEED, HeldOutRecord, check_seeded, held_out_images, held_out_psnr
@@ -250,13 +251,25 @@ def _record_of(checkpoint, result: SearchResult, config: PruneConfig, progress: 
     return record
 
 
+def alternatives(sampler, result: SearchResult, config: PruneConfig, blocks) -> tuple[SearchResult, ...]:
+    """The same model in its other units, whose simple starts selection measures too: on a transformer whose
+    units the user left to dipgo, the attention and feed-forward modules (the units FORA and TaylorSeer cache,
+    with the block's norms and modulation run fresh) beside whole blocks (block residuals, as first-block
+    caching keeps). On a UNet the default units stand alone."""
+    if blocks is not None or "granularity" in config.search or is_unet(sampler.denoiser):
+        return ()
+    other = "fine" if result.config.granularity == "coarse" else "coarse"
+    alt = Search(sampler, replace(result.config, granularity=other, iterations=0, references=0)).result()
+    return () if alt.graph.names == result.graph.names else (alt,)
+
+
 def _select_and_refine(sampler, result: SearchResult, ratio: float, config: PruneConfig, full: torch.Tensor,
-                       progress: bool, record: HeldOutRecord) -> Pruned:
+                       progress: bool, record: HeldOutRecord, others: tuple[SearchResult, ...] = ()) -> Pruned:
     rc = config.refine_config()
     scorer = Scorer(sampler, result, rc.n, rc.evaluations, progress, desc=f"2/3 select + refine ({ratio:g})",
                     full=full, record=record)
     done = refine(sampler, result, ratio, config=rc, progress=progress, scorer=scorer,
-                  simple_only=not result.config.iterations)
+                  simple_only=not result.config.iterations, alternatives=others)
     return Pruned(done.schedule, done.psnr, done.starts, done.start, None)
 
 
@@ -280,12 +293,14 @@ def prune_schedules(target, config: PruneConfig, *, denoiser=None, blocks: list[
             print(f"1/3 search: off at effort {config.effort} (iterations=N turns it on); selection starts from "
                   "the simple schedules")
         result = search.result()
+    others = alternatives(sampler, result, config, blocks) if w.main else ()  # selection runs on rank 0
     seconds["search"] = time.perf_counter() - t0
     record = _record_of(checkpoint, result, config, progress) if w.main else None
     out = []
     for ratio in config.ratios:
         t1 = time.perf_counter()
-        pruned = w.on_main(lambda r=ratio: _select_and_refine(sampler, result, r, config, full, progress, record))
+        pruned = w.on_main(lambda r=ratio: _select_and_refine(sampler, result, r, config, full, progress, record,
+                                                                    others))
         seconds["select_refine"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         if progress and w.main:

@@ -9,7 +9,8 @@ the slack it leaves (greedily adds the gate that helps most), then
 climbs: it proposes moves (a call's computed blocks shifted to the next or previous call; one computed and
 one reused (call, block) pair swapped, mostly between neighbouring calls) and keeps a move when the
 held-out PSNR against the full model rises. Shifts are swept exhaustively first (best improvement,
-until none helps), then random moves spend what is left.
+until none helps), then random moves spend what is left. On a transformer, the simple starts are also measured
+in its other units (``alternatives``: attention and feed-forward modules beside whole blocks).
 
 Everything is measured on ``n`` held-out generations (seeds from :data:`HELD_OUT_SEED`, never the
 seeds benchmarks evaluate on), so the gain it reports is a held-out gain; the benchmark's own seeds then
@@ -19,7 +20,7 @@ say whether it generalises. Each proposal costs one sampling run of ``n`` images
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -81,6 +82,7 @@ class Scorer:
         self.steps = result.config.num_inference_steps
         self.n, self.evaluations, self.budget = n, 0, budget
         self.order = 0  # the forecast order the schedules it scores use
+        self.primary = result
         self.bar = tqdm(total=budget, desc=desc, disable=not progress, dynamic_ncols=True)
         self.full = held_out_images(sampler, n) if full is None else full
 
@@ -89,6 +91,10 @@ class Scorer:
         return schedule_from_mask(mask, r.graph, r.profile, model_class=m["model_class"], config_hash=m["config_hash"],
                                   scheduler=m["scheduler"], num_inference_steps=self.steps, cfg=m.get("cfg", 1),
                                   meta=meta, forecast_order=self.order)
+
+    def use(self, result) -> None:
+        """Score masks in ``result``'s units (another granularity of the same model) from now on."""
+        self.result = result
 
     @property
     def left(self) -> int:
@@ -100,6 +106,8 @@ class Scorer:
             self.bar.total = self.evaluations
         self.bar.update(1)
         key = HeldOutRecord.key(self.order, mask)
+        if self.result is not self.primary:  # the same bits mean other units
+            key = f"{self.result.config.granularity}:{key}"
         value = self.record.get(key)
         if value is None:
             value = held_out_psnr(self.sampler, self.schedule(mask), self.full)
@@ -264,14 +272,41 @@ def _measure_starts(starts: dict[str, torch.Tensor], fits, ratio: float, score: 
     return out
 
 
-def _best_candidate(candidates: Candidates, ratio: float, score: Scorer, cfg: RefineConfig,
-                    result) -> tuple[str, torch.Tensor, float]:
+def _measure_alternative(alt, ratio: float, score: Scorer, cfg: RefineConfig) -> Candidates:
+    """The simple starts in another granularity's units (``alt``, a result of the same model) that fit the
+    budget as they are, at every order: each costs one held-out run per order, with no repair or growth."""
+    def fits(mask):
+        return pruned_ratio(mask, alt.profile) >= ratio - cfg.tol
+
+    out: Candidates = {}
+    score.use(alt)
+    starts = _simple_starts(*alt.scores.shape, alt.graph, alt.profile, ratio - cfg.tol)
+    for name, mask in starts.items():
+        if fits(mask):
+            for order in cfg.orders:
+                score.order = order
+                out[alternative_name(name, alt), order] = (mask, score(mask))
+    score.use(score.primary)
+    return out
+
+
+def alternative_name(name: str, alt) -> str:
+    """How a start in another granularity's units is named: ``every 2 (fine units)``."""
+    return f"{name} ({alt.config.granularity} units)"
+
+
+def _best_candidate(candidates: Candidates, ratio: float, score: Scorer, cfg: RefineConfig, result,
+                    owners: dict | None = None) -> tuple[str, torch.Tensor, float]:
     """The (start, order) pair with the highest held-out PSNR (a tie goes to the search, then the lower order),
-    its slack spent again at its own order; sets ``score.order`` to that order."""
+    its slack spent again at its own order (or for the first time, for a start in ``owners``: start name ->
+    the result in whose units it is); sets ``score.order`` to that order and ``score.result`` to its units."""
     name, score.order = max(candidates, key=lambda k: (candidates[k][1], k[0] == "search", -k[1]))
     mask, value = candidates[name, score.order]
-    if score.order != cfg.orders[0]:
-        mask, value = _grow(mask, value, ratio, score, cfg, result, random.Random(f"{cfg.seed}/{name}/grow"))
+    owner = (owners or {}).get(name, result)
+    if owner is not result:
+        score.use(owner)
+    if score.order != cfg.orders[0] or owner is not result:
+        mask, value = _grow(mask, value, ratio, score, cfg, owner, random.Random(f"{cfg.seed}/{name}/grow"))
     return name, mask, value
 
 
@@ -328,11 +363,13 @@ def _climb(best: torch.Tensor, value: float, fits, score: Scorer, cfg: RefineCon
 
 def refine(target, result, ratio: float, calibration: Calibration | None = None, config: RefineConfig | None = None,
            guidance_scale: float | None = None, progress: bool = True, scorer: Scorer | None = None,
-           simple_only: bool = False) -> Refined:
+           simple_only: bool = False, alternatives: Sequence = ()) -> Refined:
     """The best schedule found at pruned MACs share >= ``ratio - tol``, by held-out PSNR; see the module
     docstring. ``target`` is a pipeline (run with ``calibration`` and ``guidance_scale``) or a sampler of
     :mod:`dipgo.cache.driver`; ``result`` is a :class:`~dipgo.cache.search.SearchResult` of it.
-    ``simple_only`` leaves the searched schedule out of the starts (to measure what the search adds)."""
+    ``simple_only`` leaves the searched schedule out of the starts (to measure what the search adds).
+    ``alternatives``: results of the same model in other units (granularities) whose simple starts that fit
+    the budget are measured too (:func:`_measure_alternative`); the schedule is in the winner's units."""
     cfg = config or RefineConfig()
     if not 0.0 < ratio < 1.0:
         raise DipgoError(f"ratio must be in (0, 1), got {ratio}")
@@ -350,7 +387,13 @@ def refine(target, result, ratio: float, calibration: Calibration | None = None,
         if not simple_only:  # measured last: the simple starts come out the same with or without it
             starts["search"] = schedule_at_ratio(result, ratio, cfg.tol).mask()
         candidates = _measure_starts(starts, fits, ratio, score, cfg, result)
-        start, best, value = _best_candidate(candidates, ratio, score, cfg, result)
+        owners = {}
+        for alt in alternatives:
+            extra = _measure_alternative(alt, ratio, score, cfg)
+            owners.update({name: alt for name, _ in extra})
+            candidates.update(extra)
+        start, best, value = _best_candidate(candidates, ratio, score, cfg, result, owners)
+        graph, profile = score.result.graph, score.result.profile  # fits() reads profile: the winner's units
         history = [value]
         best, value = _sweep(best, value, fits, score, graph, history)
         best, value = _climb(best, value, fits, score, cfg, graph, rng, history)
