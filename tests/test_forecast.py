@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import generate_digits
+from helpers import generate_digits, make_schedule
 from torch import nn
 
 from dipgo.cache.hooks.forecast import forecast, push, taylor_weights, weights
@@ -310,3 +310,45 @@ def test_forecast_equals_its_weighted_sum_leaves_history_alone_and_passes_gradie
     out.sum().backward()
     for w, v in zip(ws, values, strict=True):
         assert torch.allclose(v.grad.double(), torch.full((3, 5), w, dtype=torch.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_call_that_reuses_every_block_forecasts_the_output_block_alone(order, monkeypatch):
+    """At a call that reuses every block of a UNet, only the output block's value reaches the output, so the
+    other blocks hand back their newest value without arithmetic: the images are bitwise those of forecasting
+    every block, with one forecast per such call instead of one per block."""
+    from tiny_schedules import Tiny
+
+    import dipgo
+    from dipgo.cache.hooks import block, static_schedule
+    from dipgo.cache.refine import interval_mask
+
+    tiny, steps = Tiny.build("sd"), 6
+    mask = interval_mask(steps, len(tiny.graph.names), 3)  # calls 0 and 3 compute, the rest reuse everything
+    den = tiny.pipe.unet
+    s = with_forecast(make_schedule(den, type(tiny.pipe.scheduler).__name__, steps, tiny.graph, tiny.profile, mask,
+                                    cfg=2), order)
+    assert s.output_block is not None and not s.steps[1]
+    seen = []
+    counted = block.forecast
+
+    def counting(history, call, *args):
+        seen.append(call)
+        return counted(history, call, *args)
+
+    monkeypatch.setattr(block, "forecast", counting)
+    images = {}
+    for shortcut in (True, False):
+        seen.clear()
+        if not shortcut:
+            monkeypatch.setattr(static_schedule.ScheduleHook, "_unread", lambda self, call: False)
+        dipgo.apply(tiny.pipe, s)
+        try:
+            images[shortcut] = tiny.images(steps)
+        finally:
+            dipgo.remove(tiny.pipe)
+        calls = {c: seen.count(c) for c in set(seen)}
+        reused = [1, 2, 4, 5]
+        expected = 1 if shortcut else len(tiny.graph.names)
+        assert calls == dict.fromkeys(reused, expected), calls
+    assert torch.equal(images[True], images[False])

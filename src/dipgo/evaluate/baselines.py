@@ -35,7 +35,7 @@ from ..cache.postprocess import schedule_from_mask
 from ..cache.runtime import Policy, attach, detach
 from ..cache.schedule import Schedule, config_hash
 from ..errors import DipgoError
-from ..models.adapters import BlockGraph, block_graph, is_unet, resolve_blocks
+from ..models.adapters import BlockGraph, block_graph, is_unet, resolve_blocks, unit_graph
 from ..models.costs import profile_denoiser
 from ..models.pipelines import capture_denoiser_call, denoiser_of, num_calls
 from .applied import Applied
@@ -151,7 +151,7 @@ def deepcache_units(graph: BlockGraph, model: torch.nn.Module, branch: int) -> s
 
 def deepcache_graph(denoiser) -> BlockGraph:
     """DeepCache's units: a UNet's fine graph (resnets, attentions, resamplers); a transformer's blocks (FORA)."""
-    return block_graph(denoiser, "fine" if is_unet(denoiser) else "coarse")
+    return unit_graph(denoiser)
 
 
 def fine_profile(pipe):

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DipgoError
-from ..models.adapters import block_graph, is_unet
+from ..models.adapters import is_unet, unit_graph
 from ..models.calibration import Calibration
 from ..models.pipelines import default_calibration, denoiser_of, generate, num_calls
 from .applied import Applied
@@ -217,7 +217,7 @@ def taylorseer_blocks(denoiser: torch.nn.Module) -> list[str]:
     """dipgo's blocks (a UNet's fine units), with a block that holds its own ``transformer_blocks`` (a UNet's
     attention module) replaced by them: diffusers' TaylorSeer predicts a one-element tuple output as a bare
     tensor, which such a module's caller cannot take."""
-    graph = block_graph(denoiser, "fine" if is_unet(denoiser) else "coarse")
+    graph = unit_graph(denoiser)
     names = []
     for name in graph.names:
         inner = getattr(denoiser.get_submodule(name), "transformer_blocks", None)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..dist import World, world
 from ..errors import DipgoError
-from ..models.adapters import block_graph, is_unet, resolve_blocks
+from ..models.adapters import resolve_blocks, unit_graph
 from ..models.calibration import Calibration
 from ..models.costs import CostProfile, ExecutionProbe, Stopwatch, profile_denoiser
 from ..models.pipelines import as_images, call_kwargs, capture_denoiser_call, default_calibration, denoiser_of
@@ -96,9 +96,8 @@ class Evaluator:
         self.world = world_ or world()
         denoiser = denoiser_of(pipe)
         self.device = next(denoiser.parameters()).device
-        fine = "fine" if is_unet(denoiser) else "coarse"  # finest graph: any block skip shows
         self._call = capture_denoiser_call(pipe, self.calibration)
-        self.units = block_graph(denoiser, fine).names
+        self.units = unit_graph(denoiser).names  # any block skip shows in these
         self.profile, self.probe = self._probe(self.units)
         self.cfg = 2 if guidance_scale > 1 else 1
 

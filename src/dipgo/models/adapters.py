@@ -234,6 +234,12 @@ def block_graph(model: torch.nn.Module, granularity: str = "coarse", names: list
     return fn(model, granularity)
 
 
+def unit_graph(model: torch.nn.Module) -> BlockGraph:
+    """The units the baseline caches work on and the MACs probe measures: a UNet's fine graph (resnets,
+    attentions and resamplers, so DeepCache's skip branch is expressible), a transformer's blocks (FORA)."""
+    return block_graph(model, "fine" if is_unet(model) else "coarse")
+
+
 def block_names(model: torch.nn.Module, granularity: str = "coarse", names: list[str] | None = None) -> list[str]:
     return block_graph(model, granularity, names).names
 

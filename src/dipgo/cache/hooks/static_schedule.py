@@ -68,6 +68,18 @@ class ScheduleHook(BlockHook):
     def _reused_at(self, call: int) -> bool:
         return call < self.schedule.num_calls and not self.schedule.computes(call, self.name)
 
+    def recall(self, history, call: int):
+        """The forecast, or the newest value where nothing reads it: at a call that reuses every block, only the
+        output block's value reaches the denoiser's output (the blocks that would read the others reuse too),
+        so forecasting them would be arithmetic thrown away."""
+        if self.order and self._unread(call):
+            return history[-1][1]
+        return super().recall(history, call)
+
+    def _unread(self, call: int) -> bool:
+        s = self.schedule
+        return s.output_block not in (None, self.name) and call < s.num_calls and not s.steps[call]
+
     def after_compute(self, key, call: int, out, args, kwargs) -> None:
         if self._read_later(call):
             self.remember(key, call, self.cache_value(out, args, kwargs))
