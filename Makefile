@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_pages benchmarks/results/bench
 
 # dipgo with forecasting against diffusers' caches (TaylorSeer, MagCache, SeaCache) and the simple schedules, both
-# models, DDIM-20, 2x/4x/8x, quick effort; then what forecasting costs in cache memory and time (alone on the machine),
+# models, DDIM-20 and DDIM-50, 2x/4x/8x, quick effort; then what forecasting costs in cache memory and time (alone on the machine),
 # and the two forms of an order-2 forecast on the same schedules.
 bench-forecast: $(STAMP)
 	$(DIPGO) bench mnist-dit mnist-sd --bases 20 --budgets 2,4,8 --effort quick --n 48 --batch 16 --methods "dipgo,fewer steps,DeepCache,FBCache,TaylorSeer,TaylorSeer order 2,MagCache,SeaCache" --out benchmarks/results/bench-forecast

@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--schedules", default="benchmarks/results/bench-forecast/schedules")
     p.add_argument("--budget", default="4")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--passes", type=int, default=7)
     h.add_threads(p, 2)
     args = p.parse_args()
     h.set_threads(args.threads)
