@@ -158,11 +158,12 @@ def comparison_rows(report: dict, base: int | None = None, with_base: bool = Tru
                     others.append((psnr, at_macs(pts, d["macs_speedup"], "fid")[0], inside, near["macs_speedup"]))
                 else:
                     others.append(None)
-            # the best PSNR of the row is bold, among values at dipgo's MACs (a nearest point within 10 % counts)
+            # the best PSNR of the row is bold, among values at dipgo's MACs (a nearest point within 10 % counts);
+            # values that read the same to two decimals are a tie, and all of them are bold
             best = max([d["psnr_vs_full"]] + [o[0] for o in others if o and comparable(o, d)])
 
             def cell(psnr: float, best: float = best) -> str:
-                return f"**{psnr:.2f}**" if psnr == best else f"{psnr:.2f}"
+                return f"**{psnr:.2f}**" if f"{psnr:.2f}" == f"{best:.2f}" else f"{psnr:.2f}"
 
             row = [model] + ([f"{sched}-{b}"] if with_base else [])
             row += [f"{d['macs_speedup']:.2f}x", cell(d["psnr_vs_full"]), f"{d['fid']:.2f}"]

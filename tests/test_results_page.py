@@ -98,3 +98,10 @@ def test_readme_table_joins_the_forecast_benches_and_a_caveat_is_printed(page, r
     lines = page.headline(results)
     assert [line.split(" | ")[1] for line in lines[2:]] == ["DDIM-20", "DDIM-50"]
     assert "torch 2.13.0+cpu. Not clean for wall clock." in page.build_page(results)
+
+
+def test_a_tie_to_two_decimals_is_bold_in_both_cells(page, results: Path):
+    report = json.loads((results / "bench" / "bench.json").read_text())
+    report["records"][1]["psnr_vs_full"] = 30.5401  # fewer steps reads 30.54 at dipgo's 2.10x too
+    (results / "bench" / "bench.json").write_text(json.dumps(report))
+    assert "| tiny | DDIM-20 | 2.10x | **30.54** | 41.00 | **30.54** / 42.46 |\n" in page.build_page(results)
