@@ -293,14 +293,16 @@ def forecast_cost_section(results: Path) -> list[str]:
         for order, o in r["orders"].items():
             time = "-" if "time_ratio" not in o else (
                 f"{1 / o['time_ratio']:.3f} [{1 / o['time_ratio_range'][1]:.3f}-{1 / o['time_ratio_range'][0]:.3f}]")
+            share = f"{100 * o['forecast_share']:.1f} %" if "forecast_share" in o else "-"
             rows.append([r["model"], order + (" (chosen)" if int(order) == r["chosen_order"] else ""),
-                         f"{o['macs_speedup']:.2f}x", f"{o['peak_cache_bytes'] / 2**20:.2f}", time])
+                         f"{o['macs_speedup']:.2f}x", f"{o['peak_cache_bytes'] / 2**20:.2f}", time, share])
     return ["## What forecasting costs", "", source(rel, data.get("machine")), "",
             f"Produced by `{data['command']}`: the 4x dipgo schedule of `bench-forecast` at each forecast order "
             f"(the same computed blocks), generations of {data['rows'][0]['batch']} images. Cache: the most MiB "
             "the runtime's caches hold after any denoiser call. Time: a generation's time over order 0's, timed in "
-            "turn, median [range] over passes.", ""] + table(
-        ["model", "forecast order", "MACs speedup", "cache (MiB)", "time vs order 0"], rows) + [""]
+            "turn, median [range] over passes. Forecast share: the part of a generation's time spent computing "
+            "the reused blocks' forecasts, timed inside the same generations (median of several).", ""] + table(
+        ["model", "forecast order", "MACs speedup", "cache (MiB)", "time vs order 0", "forecast share"], rows) + [""]
 
 
 def forecast_form_section(results: Path) -> list[str]:
