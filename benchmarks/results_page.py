@@ -235,7 +235,7 @@ def bench_section(results: Path, rel: str, title: str) -> list[str]:
 
 
 def headline(results: Path) -> list[str]:
-    """The README's table: the main bench, every base it measured."""
+    """The README's table: the first group of :data:`HEADLINE` with a bench, its benches one after the other."""
     rows, families = [], []
     for group in HEADLINE:
         reports = [r for r in (load(results, rel) for rel in group) if r is not None]
