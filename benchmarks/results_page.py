@@ -39,7 +39,7 @@ BENCHES = {
     "bench-forecast-ddim50": "dipgo with forecasting against the alternatives, DDIM-50",
     "bench": "dipgo prune at its default effort, mnist-sd",
     "bench-dit": "dipgo prune at its default effort, mnist-dit",
-    "bench-ddim50": "dipgo prune at its default effort, mnist-sd, DDIM-50, 6x",
+    "bench-ddim50": "dipgo prune at its default effort, mnist-sd, DDIM-50",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",
