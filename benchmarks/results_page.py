@@ -40,6 +40,7 @@ BENCHES = {
     "bench": "dipgo prune at its default effort, mnist-sd",
     "bench-dit": "dipgo prune at its default effort, mnist-dit",
     "bench-ddim50": "dipgo prune at its default effort, mnist-sd, DDIM-50",
+    "bench-dit-ddim50": "dipgo prune at its default effort, mnist-dit, DDIM-50",
     "bench-dpmpp": "DPM-Solver++",
     "bench-euler": "Euler",
     "bench-plms50": "PLMS-50, the paper's setting",
